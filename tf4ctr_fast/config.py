@@ -1,0 +1,188 @@
+"""Typed run configs: YAML files with `dataset`, `model` and `train` sections, `a.b=c` overrides.
+
+Every key is a dataclass field, so an unknown or mistyped key stops the run with a message that names
+it, and the full resolved config is what the run log records first.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from .errors import InputError
+
+
+@dataclass
+class SyntheticConfig:
+    """Synthetic data with Criteo's schema (13 bucketized integer fields + 26 categorical)."""
+
+    rows: int = 300_000
+    num_int_fields: int = 13
+    num_cat_fields: int = 26
+    int_vocab: int = 64            # buckets per integer field
+    cat_vocab: int = 10_000        # ids per categorical field (Criteo after min-count 10: ~5.5M in all)
+    zipf_a: float = 1.2            # id frequency ~ rank^-a
+    hard_fraction: float = 0.3     # share of samples whose click depends on pairwise interactions
+    split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+
+
+@dataclass
+class DatasetConfig:
+    name: str = "synthetic_criteo"
+    format: str = "synthetic"      # "synthetic" | "csv_ids"
+    prepared_dir: str = ""         # default: data_prepared/<name>
+    train: Optional[str] = None    # raw files (csv_ids): comma-separated, header row, integer ids
+    valid: Optional[str] = None
+    test: Optional[str] = None
+    label: str = "label"
+    fields: Optional[list[str]] = None    # default: every column but the label
+    group_field: Optional[str] = None     # for gAUC; its raw value is kept per row
+    keep_columns: list[str] = field(default_factory=list)  # raw columns that `predict` writes back
+    min_count: int = 2
+    seed: int = 2023
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+    def resolved_prepared_dir(self) -> Path:
+        return Path(self.prepared_dir or f"data_prepared/{self.name}")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "TF4CTR"           # "TF4CTR" | "DualMLP" | "DNN"
+    embedding_dim: int = 16
+    ssem: str = "SER"              # "SER" | "GM" | "MoE" | "share"
+    dfm: str = "WSF"               # "WSF" | "VF" | "CF" | "MoEF" | "sum"
+    mlp_s_hidden: list[int] = field(default_factory=lambda: [400, 400])
+    mlp_c_hidden: list[int] = field(default_factory=lambda: [400, 400, 400])
+    dnn_hidden: list[int] = field(default_factory=lambda: [400, 400, 400])
+    batch_norm: bool = True
+    net_dropout: float = 0.2
+    emb_reg: float = 0.1
+    alpha: float = 0.25
+    c: float = 0.7
+    gamma: float = 1.0
+    vf_tau: float = 0.8
+    head: str = "reference"        # "reference" | "fused"
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 10_000
+    eval_batch_size: int = 65_536
+    epochs: int = 100
+    max_steps_per_epoch: Optional[int] = None   # cap for short demos
+    lr: float = 1e-3
+    clip_norm: float = 10.0
+    lr_decay: float = 0.1
+    min_lr: float = 1e-6
+    patience: int = 2
+    monitor: str = "auc"           # "auc" | "auc+gauc" | "logloss" (minimized)
+    seed: int = 2023
+    device: str = "auto"           # "auto" | "cpu" | "cuda"
+    num_threads: int = 0           # 0: torch's default
+    out_dir: str = ""              # default: runs/<dataset>_<model>_seed<seed>
+    difficulty_thresholds: list[float] = field(default_factory=lambda: [0.3, 0.6])
+    progress: bool = True
+
+
+@dataclass
+class RunConfig:
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def resolved_out_dir(self) -> Path:
+        if self.train.out_dir:
+            return Path(self.train.out_dir)
+        return Path(f"runs/{self.dataset.name}_{self.model.name}_seed{self.train.seed}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check/convert a YAML value to the annotated type; the error names the key."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Union:  # Optional[X]
+        if value is None:
+            return None
+        return _coerce(value, next(a for a in args if a is not type(None)), key)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise InputError(f"config key '{key}': expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise InputError(f"config key '{key}': expected a mapping, got {value!r}")
+        return _from_dict(tp, value, key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise InputError(f"config key '{key}': expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise InputError(f"config key '{key}': expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise InputError(f"config key '{key}': expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise InputError(f"config key '{key}': expected a string, got {value!r}")
+    return value
+
+
+def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in data.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if k not in names:
+            raise InputError(f"config key '{key}' is unknown (known here: {', '.join(sorted(names))})")
+        kwargs[k] = _coerce(v, hints[k], key)
+    return cls(**kwargs)
+
+
+def _set_path(data: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise InputError(f"config key '{dotted}': '{p}' is not a section")
+    node[parts[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Defaults <- YAML file <- `a.b=value` overrides (values parsed as YAML)."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise InputError(f"{p}: config file not found")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise InputError(f"{p}: not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise InputError(f"{p}: expected a mapping with dataset/model/train sections")
+    for item in overrides:
+        if "=" not in item:
+            raise InputError(f"override '{item}': expected key=value, e.g. train.lr=0.001")
+        key, raw = item.split("=", 1)
+        _set_path(data, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+    where = f"{path}: " if path is not None else ""
+    try:
+        return _from_dict(RunConfig, data)
+    except InputError as e:
+        raise InputError(f"{where}{e}") from None

@@ -1,0 +1,124 @@
+"""Reference models behind the model contract of docs/ARCHITECTURE.md: TF4CTR (TF4CTRv2), DualMLP, DNN.
+
+    model = build_model(model_cfg, vocab_sizes)
+    model(ids)             -> {"logit" [B]} (+ "z_s", "z_c" for twin models)
+    model.loss(ids, y)     -> {"loss": CTR loss (+ Twin Focus loss), "logit"}; no regularizer
+    model.regularization() -> (emb_reg / 2) * sum of squared norms of all embedding tables
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from torch import Tensor, nn
+
+from ..config import ModelConfig
+from ..errors import InputError
+from .dfm import build_dfm
+from .layers import FieldEmbeddings, MLPBlock, embedding_l2, xavier_linear
+from .loss import logloss, total_loss
+from .ssem import build_ssem
+
+MODEL_NAMES = ("TF4CTR", "DualMLP", "DNN")
+HEAD_NAMES = ("reference", "fused")
+
+
+class TwinModel(nn.Module):
+    """SSEM -> (MLP_s, MLP_c) -> head: auxiliary logits z_s, z_c, DFM fusion, loss.
+
+    TF4CTR takes its SSEM and DFM from the config and trains with the Twin Focus loss; DualMLP is the
+    same network with shared embeddings, z = z_s + z_c and plain BCE.
+    """
+
+    def __init__(self, cfg: ModelConfig, vocab_sizes: Sequence[int], ssem: str, dfm: str, twin_focus: bool):
+        super().__init__()
+        self.ssem = build_ssem(ssem, vocab_sizes, cfg.embedding_dim, cfg.batch_norm, cfg.net_dropout)
+        self.mlp_s = MLPBlock(self.ssem.simple_dim, cfg.mlp_s_hidden, cfg.batch_norm, cfg.net_dropout)
+        self.mlp_c = MLPBlock(self.ssem.complex_dim, cfg.mlp_c_hidden, cfg.batch_norm, cfg.net_dropout)
+        self.head_s = xavier_linear(self.mlp_s.output_dim, 1)
+        self.head_c = xavier_linear(self.mlp_c.output_dim, 1)
+        self.dfm = build_dfm(dfm, self.mlp_s.output_dim, self.mlp_c.output_dim, cfg.vf_tau)
+        self.twin_focus = twin_focus
+        self.alpha, self.c, self.gamma = cfg.alpha, cfg.c, cfg.gamma
+        self.emb_reg = cfg.emb_reg
+
+    def encode(self, ids: Tensor) -> tuple[Tensor, Tensor]:
+        e_s, e_c = self.ssem(ids)
+        return self.mlp_s(e_s), self.mlp_c(e_c)
+
+    def head(self, h_s: Tensor, h_c: Tensor, y: Optional[Tensor] = None) -> dict[str, Tensor]:
+        """Everything after the encoders; the fused twin head replaces exactly this method.
+        Adds "loss" when labels are given."""
+        z_s = self.head_s(h_s).squeeze(-1)
+        z_c = self.head_c(h_c).squeeze(-1)
+        out = {"logit": self.dfm(h_s, h_c, z_s, z_c), "z_s": z_s, "z_c": z_c}
+        if y is not None:
+            out["loss"] = total_loss(out["logit"], z_s, z_c, y, self.alpha, self.c, self.gamma,
+                                     twin_focus=self.twin_focus)
+        return out
+
+    def forward(self, ids: Tensor) -> dict[str, Tensor]:
+        return self.head(*self.encode(ids))
+
+    def loss(self, ids: Tensor, y: Tensor) -> dict[str, Tensor]:
+        out = self.head(*self.encode(ids), y=y)
+        return {"loss": out["loss"], "logit": out["logit"]}
+
+    def regularization(self) -> Tensor:
+        return embedding_l2(self.ssem.embedding_tables(), self.emb_reg)
+
+
+class DNN(nn.Module):
+    """Embeddings -> MLP -> Linear(1), plain BCE."""
+
+    def __init__(self, cfg: ModelConfig, vocab_sizes: Sequence[int]):
+        super().__init__()
+        self.embedding = FieldEmbeddings(vocab_sizes, cfg.embedding_dim)
+        self.mlp = MLPBlock(self.embedding.output_dim, cfg.dnn_hidden, cfg.batch_norm, cfg.net_dropout)
+        self.out = xavier_linear(self.mlp.output_dim, 1)
+        self.emb_reg = cfg.emb_reg
+
+    def forward(self, ids: Tensor) -> dict[str, Tensor]:
+        return {"logit": self.out(self.mlp(self.embedding(ids))).squeeze(-1)}
+
+    def loss(self, ids: Tensor, y: Tensor) -> dict[str, Tensor]:
+        logit = self(ids)["logit"]
+        return {"loss": logloss(logit, y), "logit": logit}
+
+    def regularization(self) -> Tensor:
+        return embedding_l2(self.embedding.weights(), self.emb_reg)
+
+
+def check_model_config(cfg: ModelConfig) -> None:
+    """Range checks the dataclass types cannot express; each error names its config key."""
+
+    def require(ok: bool, key: str, what: str) -> None:
+        if not ok:
+            raise InputError(f"config key 'model.{key}': {what}, got {getattr(cfg, key)!r}")
+
+    require(cfg.embedding_dim >= 1, "embedding_dim", "must be at least 1")
+    for key in ("mlp_s_hidden", "mlp_c_hidden", "dnn_hidden"):
+        require(all(units >= 1 for units in getattr(cfg, key)), key, "every hidden width must be at least 1")
+    require(0 <= cfg.net_dropout < 1, "net_dropout", "must be in [0, 1)")
+    require(cfg.emb_reg >= 0, "emb_reg", "must be >= 0")
+    require(0 <= cfg.alpha <= 1, "alpha", "must be in [0, 1]")
+    # c in [0, 1] keeps both focus bases, c + p_t and (2 - c) - p_t, non-negative.
+    require(0 <= cfg.c <= 1, "c", "must be in [0, 1]")
+    require(cfg.gamma >= 0, "gamma", "must be >= 0")
+    require(cfg.vf_tau > 0, "vf_tau", "must be > 0")
+    require(cfg.head in HEAD_NAMES, "head", f"must be one of {', '.join(HEAD_NAMES)}")
+
+
+def build_model(model_cfg: ModelConfig, vocab_sizes: list[int]) -> nn.Module:
+    """The reference model named by model_cfg.name over fields with these vocabulary sizes.
+    DualMLP ignores model.ssem / model.dfm (it is defined as shared embeddings + sum fusion)."""
+    check_model_config(model_cfg)
+    if model_cfg.head == "fused":
+        raise InputError("config key 'model.head': fused head not built yet")
+    name = model_cfg.name
+    if name == "TF4CTR":
+        return TwinModel(model_cfg, vocab_sizes, model_cfg.ssem, model_cfg.dfm, twin_focus=True)
+    if name == "DualMLP":
+        return TwinModel(model_cfg, vocab_sizes, "share", "sum", twin_focus=False)
+    if name == "DNN":
+        return DNN(model_cfg, vocab_sizes)
+    raise InputError(f"config key 'model.name': unknown model {name!r} (known: {', '.join(MODEL_NAMES)})")

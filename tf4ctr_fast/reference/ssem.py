@@ -73,8 +73,9 @@ class MoE(SSEM):
         super().__init__()
         self.embedding = FieldEmbeddings(vocab_sizes, dim)
         width = self.embedding.output_dim
+        expert_hidden = [max(1, width // 2), width]
         self.experts = nn.ModuleList(
-            MLPBlock(width, [max(1, width // 2), width], batch_norm, dropout) for _ in range(self.NUM_EXPERTS))
+            MLPBlock(width, expert_hidden, batch_norm, dropout) for _ in range(self.NUM_EXPERTS))
         self.gates = nn.ModuleList(self._gate(width, batch_norm, dropout) for _ in range(2))
         self.simple_dim = self.complex_dim = width
 

@@ -1,0 +1,207 @@
+"""The prepared-dataset folder: memory-mappable id columns plus schema.json (docs/ARCHITECTURE.md).
+
+```
+<dir>/schema.json           written last; its presence marks the folder complete
+<dir>/<split>/ids.npy       int32 [N, F]; column j is field j of schema["fields"]
+<dir>/<split>/labels.npy    float32 [N], 0/1
+<dir>/<split>/group.npy     int64 [N], raw group value, when schema["group_field"] is set
+<dir>/<split>/keep.npy      int64 [N, K], raw values of schema["keep_columns"], when non-empty
+```
+Id rules: 0 padding, 1 OOV, known raw values 2.. in ascending raw-value order. A field's "vocab" maps
+the raw value (as a string) to its id; it is null for generated data that never had raw values.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from ..errors import InputError
+from ..io_utils import atomic_dir
+
+FORMAT_VERSION = 1
+SCHEMA_FILE = "schema.json"
+PADDING_ID = 0
+OOV_ID = 1
+FIRST_KNOWN_ID = 2
+
+
+@dataclass(frozen=True)
+class IntVocab:
+    """The known raw integer values of one field, ascending: value known[i] has id i + 2."""
+
+    known: np.ndarray  # int64, sorted, unique
+
+    @classmethod
+    def fit(cls, values: np.ndarray, min_count: int) -> IntVocab:
+        """Values seen at least `min_count` times become known; the rest will map to OOV."""
+        uniq, counts = np.unique(np.asarray(values, dtype=np.int64), return_counts=True)
+        return cls(uniq[counts >= min_count])
+
+    @classmethod
+    def from_field(cls, field: dict[str, Any], where: str) -> IntVocab:
+        """Rebuild from a schema field; `where` names the schema for error messages."""
+        vocab = field.get("vocab")
+        if vocab is None:
+            raise InputError(f"{where}: field '{field['name']}' has no vocabulary (generated data "
+                             "has no raw values to encode)")
+        try:
+            pairs = sorted((int(i), int(raw)) for raw, i in vocab.items())
+        except (TypeError, ValueError):
+            raise InputError(f"{where}: field '{field['name']}' has a non-integer vocabulary") from None
+        ids = np.array([i for i, _ in pairs], dtype=np.int64)
+        known = np.array([raw for _, raw in pairs], dtype=np.int64)
+        if not (np.array_equal(ids, np.arange(FIRST_KNOWN_ID, FIRST_KNOWN_ID + len(ids)))
+                and np.all(np.diff(known) > 0)):
+            raise InputError(f"{where}: field '{field['name']}': vocabulary ids are not 2.. in "
+                             "ascending raw-value order")
+        return cls(known)
+
+    @property
+    def size(self) -> int:
+        """Number of ids including padding and OOV."""
+        return len(self.known) + FIRST_KNOWN_ID
+
+    def encode(self, values: np.ndarray) -> np.ndarray:
+        """Raw values -> int32 ids; unknown values -> OOV."""
+        values = np.asarray(values, dtype=np.int64)
+        if len(self.known) == 0:
+            return np.full(values.shape, OOV_ID, dtype=np.int32)
+        pos = np.minimum(np.searchsorted(self.known, values), len(self.known) - 1)
+        hit = self.known[pos] == values
+        return np.where(hit, pos + FIRST_KNOWN_ID, OOV_ID).astype(np.int32)
+
+    def to_json(self) -> dict[str, int]:
+        return {str(raw): i + FIRST_KNOWN_ID for i, raw in enumerate(self.known.tolist())}
+
+
+def categorical_field(name: str, vocab_size: int, vocab: Optional[dict[str, int]]) -> dict[str, Any]:
+    """One entry of schema["fields"]."""
+    return {"name": name, "kind": "categorical", "vocab_size": int(vocab_size),
+            "padding_id": PADDING_ID, "oov_id": OOV_ID, "vocab": vocab}
+
+
+@dataclass(frozen=True)
+class Split:
+    ids: np.ndarray                # int32 [N, F]
+    labels: np.ndarray             # float32 [N]
+    group: Optional[np.ndarray]    # int64 [N]
+    keep: Optional[np.ndarray]     # int64 [N, K]
+    num_rows: int
+
+
+# (ids, labels, group, keep), as handed to write_prepared
+SplitArrays = tuple[np.ndarray, np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]
+
+
+def write_prepared(out_dir: str | Path, schema: dict[str, Any], splits: dict[str, SplitArrays]) -> Path:
+    """Write a prepared folder atomically; sets schema "format_version" and "splits" (row counts).
+
+    `schema` carries "fields", "label", "group_field", "keep_columns", "options", "sources".
+    Inconsistent arrays are a programming error (ValueError), not bad user input.
+    """
+    out_dir = Path(out_dir)
+    schema = dict(schema, format_version=FORMAT_VERSION,
+                  splits={name: int(arrays[0].shape[0]) for name, arrays in splits.items()})
+    checked = {name: _checked_arrays(schema, name, arrays) for name, arrays in splits.items()}
+    with atomic_dir(out_dir) as tmp:
+        for name, arrays in checked.items():
+            (tmp / name).mkdir()
+            for file, arr in arrays.items():
+                np.save(tmp / name / file, arr, allow_pickle=False)
+        # Last, so that a folder with a schema is a complete folder even without the atomic rename.
+        (tmp / SCHEMA_FILE).write_text(json.dumps(schema, sort_keys=True, indent=1) + "\n")
+    return out_dir
+
+
+def _checked_arrays(schema: dict[str, Any], split: str, arrays: SplitArrays) -> dict[str, np.ndarray]:
+    ids, labels, group, keep = arrays
+    vocab_sizes = np.array([f["vocab_size"] for f in schema["fields"]])
+    n, num_keep = ids.shape[0], len(schema["keep_columns"])
+    ids = np.ascontiguousarray(ids, dtype=np.int32)
+    out = {"ids.npy": ids, "labels.npy": np.ascontiguousarray(labels, dtype=np.float32)}
+    if ids.ndim != 2 or ids.shape[1] != len(vocab_sizes) or out["labels.npy"].shape != (n,):
+        raise ValueError(f"split {split}: ids {ids.shape} / labels {labels.shape} do not match "
+                         f"{len(vocab_sizes)} fields")
+    if n and (ids.min() < 0 or np.any(ids.max(axis=0) >= vocab_sizes)):
+        raise ValueError(f"split {split}: ids outside [0, vocab_size)")
+    if (group is None) != (schema["group_field"] is None):
+        raise ValueError(f"split {split}: group array and schema group_field disagree")
+    if group is not None:
+        out["group.npy"] = np.ascontiguousarray(group, dtype=np.int64)
+        if out["group.npy"].shape != (n,):
+            raise ValueError(f"split {split}: group shape {group.shape}, expected ({n},)")
+    if (keep is None) != (num_keep == 0):
+        raise ValueError(f"split {split}: keep array and schema keep_columns disagree")
+    if keep is not None:
+        out["keep.npy"] = np.ascontiguousarray(keep, dtype=np.int64)
+        if out["keep.npy"].shape != (n, num_keep):
+            raise ValueError(f"split {split}: keep shape {keep.shape}, expected ({n}, {num_keep})")
+    return out
+
+
+@dataclass(frozen=True)
+class PreparedDataset:
+    path: Path
+    schema: dict[str, Any]
+
+    @property
+    def field_names(self) -> list[str]:
+        return [f["name"] for f in self.schema["fields"]]
+
+    @property
+    def vocab_sizes(self) -> list[int]:
+        return [int(f["vocab_size"]) for f in self.schema["fields"]]
+
+    @property
+    def group_field(self) -> Optional[str]:
+        return self.schema["group_field"]
+
+    @property
+    def keep_columns(self) -> list[str]:
+        return list(self.schema["keep_columns"])
+
+    def has_split(self, name: str) -> bool:
+        return name in self.schema["splits"]
+
+    def split(self, name: str) -> Split:
+        """Memory-mapped arrays of one split; shapes are checked against the schema."""
+        if not self.has_split(name):
+            raise InputError(f"{self.path}: prepared dataset has no split '{name}' "
+                             f"(it has: {', '.join(self.schema['splits'])})")
+        n = int(self.schema["splits"][name])
+        num_keep = len(self.keep_columns)
+        ids = self._load(name, "ids.npy", (n, len(self.schema["fields"])))
+        labels = self._load(name, "labels.npy", (n,))
+        group = self._load(name, "group.npy", (n,)) if self.group_field is not None else None
+        keep = self._load(name, "keep.npy", (n, num_keep)) if num_keep else None
+        return Split(ids=ids, labels=labels, group=group, keep=keep, num_rows=n)
+
+    def _load(self, split: str, file: str, shape: tuple[int, ...]) -> np.ndarray:
+        path = self.path / split / file
+        try:
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise InputError(f"{path}: cannot read prepared array ({e})") from None
+        if arr.shape != shape:
+            raise InputError(f"{path}: shape {arr.shape}, but {self.path / SCHEMA_FILE} says {shape}")
+        return arr
+
+
+def load_prepared(path: str | Path) -> PreparedDataset:
+    path = Path(path)
+    schema_path = path / SCHEMA_FILE
+    if not schema_path.is_file():
+        raise InputError(f"{path}: not a prepared dataset (no {SCHEMA_FILE}; run `tf4ctr-fast prepare`)")
+    try:
+        schema = json.loads(schema_path.read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(f"{schema_path}: unreadable schema ({e})") from None
+    version = schema.get("format_version") if isinstance(schema, dict) else None
+    if version != FORMAT_VERSION:
+        raise InputError(f"{path}: prepared-dataset format_version {version!r} is not supported "
+                         f"(this version reads {FORMAT_VERSION}); prepare it again")
+    return PreparedDataset(path=path, schema=schema)

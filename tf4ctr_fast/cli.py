@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -113,6 +114,8 @@ def cmd_predict(args) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # Per-epoch summaries go to stderr beside the progress bar, so a non-tty run still shows progress.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     command = {"prepare": cmd_prepare, "train": cmd_train,
                "evaluate": cmd_evaluate, "predict": cmd_predict}[args.command]
     try:

@@ -1,0 +1,218 @@
+"""SER tables on TorchRec/FBGEMM against plain-torch twins: layout, padding, id checks, multi-valued
+pooling, the batch regularizer, and the fused sparse updates (values and updated rows)."""
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+warnings.filterwarnings("ignore", module="torchrec")
+warnings.filterwarnings("ignore", module="fbgemm_gpu")
+
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor  # noqa: E402
+
+from tf4ctr_fast.embedding import SERTables, SERTablesConfig, ids_to_kjt  # noqa: E402
+from tf4ctr_fast.embedding.features import append_unique_row_bags  # noqa: E402
+from tf4ctr_fast.errors import InputError  # noqa: E402
+from tf4ctr_fast.reference.ssem import SER  # noqa: E402
+
+NAMES = ["user", "item", "tag"]
+VOCAB = [11, 23, 5]
+DIM = 8
+
+
+def _tables(**kw) -> SERTables:
+    cfg = dict(field_names=NAMES, vocab_sizes=VOCAB, dim=DIM, optimizer="sgd", lr=0.1)
+    cfg.update(kw)
+    return SERTables(SERTablesConfig(**cfg))
+
+
+def _copy_from_reference(tables: SERTables, ref: SER) -> None:
+    weights = tables.table_weights()
+    with torch.no_grad():
+        for i, name in enumerate(NAMES):
+            weights[f"{name}__easy"].copy_(ref.easy.tables[i].weight)
+            weights[f"{name}__hard"].copy_(ref.hard.tables[i].weight)
+
+
+def _random_ids(batch: int, gen: torch.Generator) -> torch.Tensor:
+    # Small vocabularies make duplicates and padding (0) frequent: the cases that differ from dense.
+    return torch.stack([torch.randint(0, v, (batch,), generator=gen) for v in VOCAB], dim=1)
+
+
+def _batch_rows_l2(ref: SER, ids: torch.Tensor, emb_reg: float) -> torch.Tensor:
+    """Twin of the engine's regularizer: (lambda/2) * sum ||row||^2 over the distinct rows looked up."""
+    total = torch.zeros(())
+    for f in range(len(NAMES)):
+        rows = ids[:, f].unique()
+        total = total + ref.easy.tables[f].weight[rows].pow(2).sum() + ref.hard.tables[f].weight[rows].pow(2).sum()
+    return emb_reg / 2 * total
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "plain_ebc"])
+def test_layout_matches_reference_ser(fused):
+    """Both the fused module and the plain EmbeddingBagCollection (what DMP shards)."""
+    torch.manual_seed(0)
+    ref = SER(VOCAB, DIM)
+    tables = SERTables(SERTablesConfig(NAMES, VOCAB, dim=DIM, optimizer="sgd"), fused=fused)
+    _copy_from_reference(tables, ref)
+    ids = _random_ids(64, torch.Generator().manual_seed(1))
+    e_s, e_c = tables(ids)
+    r_s, r_c = ref(ids)
+    assert e_s.shape == (64, len(NAMES) * DIM // 2) and e_c.shape == (64, len(NAMES) * DIM)
+    torch.testing.assert_close(e_s, r_s, rtol=1e-6, atol=0)
+    torch.testing.assert_close(e_c, r_c, rtol=1e-6, atol=0)
+
+
+def test_init_is_reference_init():
+    torch.manual_seed(0)
+    weights = _tables().table_weights()
+    for name, w in weights.items():
+        assert torch.all(w[0] == 0), name                      # padding row
+        assert 0.5e-4 < w[1:].std().item() < 2e-4, name          # N(0, 1e-4)
+
+
+def test_ids_to_kjt_drops_padding():
+    ids = torch.tensor([[3, 0, 1], [0, 5, 2]])
+    kjt = ids_to_kjt(ids, NAMES)
+    assert kjt.keys() == NAMES and kjt.stride() == 2
+    assert kjt.lengths().tolist() == [1, 0, 0, 1, 1, 1]
+    assert kjt.values().tolist() == [3, 5, 1, 2]
+
+
+@pytest.mark.parametrize("bad, field", [((0, 1), "item"), ((2, 2), "tag")])
+@pytest.mark.parametrize("value", [-1, "vocab"])
+def test_out_of_range_id_names_field_and_id(bad, field, value):
+    ids = torch.ones(3, 3, dtype=torch.long)
+    v = VOCAB[bad[1]] if value == "vocab" else value
+    ids[bad] = v
+    with pytest.raises(InputError, match=f"field '{field}': id {v} "):
+        _tables()(ids)
+
+
+def test_out_of_range_id_in_kjt_is_caught():
+    kjt = KeyedJaggedTensor(keys=NAMES, values=torch.tensor([1, 2, 23, 4]),
+                            lengths=torch.tensor([1, 1, 2, 0, 0, 0], dtype=torch.int32))
+    with pytest.raises(InputError, match="field 'item': id 23 "):
+        _tables()(kjt)
+
+
+def test_config_errors():
+    with pytest.raises(InputError, match="embedding_dim"):
+        _tables(dim=12)
+    with pytest.raises(InputError, match="adam"):
+        _tables(optimizer="adam")      # no fused Adam in FBGEMM's CPU TBE
+    with pytest.raises(InputError, match="unknown sparse optimizer"):
+        _tables(optimizer="adamw")
+    with pytest.raises(InputError, match="pooling"):
+        _tables(pooling={"user": "max"})
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean"])
+def test_multivalued_bags_match_embedding_bag(mode):
+    """KJT input with bags of 0..3 ids (padding inside bags ignored) against F.embedding_bag."""
+    torch.manual_seed(0)
+    tables = _tables(pooling={"item": mode, "tag": mode})
+    gen = torch.Generator().manual_seed(3)
+    batch = 16
+    lengths = torch.randint(0, 4, (len(NAMES), batch), generator=gen)
+    bags = [[torch.randint(0, VOCAB[f], (int(n),), generator=gen) for n in lengths[f]] for f in range(len(NAMES))]
+    values = torch.cat([b for field in bags for b in field])
+    kjt = KeyedJaggedTensor(keys=NAMES, values=values, lengths=lengths.reshape(-1).int())
+    e_s, e_c = tables(kjt)
+
+    weights = tables.table_weights()
+    expect = {"easy": [], "hard": []}
+    for f, name in enumerate(NAMES):
+        field_mode = mode if name in ("item", "tag") else "sum"
+        for kind in expect:
+            w = weights[f"{name}__{kind}"].detach()
+            # Padding does not count toward a bag, as with FuxiCTR's masked pooling.
+            rows = [b[b != 0] for b in bags[f]]
+            pooled = [F.embedding_bag(r, w, torch.tensor([0]), mode=field_mode) if len(r) else
+                      torch.zeros(1, w.shape[1]) for r in rows]
+            expect[kind].append(torch.cat(pooled))
+    torch.testing.assert_close(e_s, torch.cat(expect["easy"], 1), rtol=1e-6, atol=1e-12)
+    torch.testing.assert_close(e_c, torch.cat(expect["hard"], 1), rtol=1e-6, atol=1e-12)
+
+
+def test_unique_row_bags_hold_each_looked_up_row_once():
+    ids = torch.tensor([[3, 7, 1], [3, 0, 1], [4, 7, 2], [0, 9, 1]])
+    offsets = torch.tensor([0] + VOCAB).cumsum(0)
+    kjt = append_unique_row_bags(ids_to_kjt(ids, NAMES), offsets)
+    assert kjt.stride() == 4 + 2          # at most 2 distinct ids in one field
+    per_key = kjt.to_dict()
+    assert per_key["user"].lengths().tolist() == [1, 1, 1, 0, 1, 1]
+    assert per_key["user"].values().tolist() == [3, 3, 4, 3, 4]
+    assert per_key["item"].values().tolist() == [7, 7, 9, 7, 9]
+    assert per_key["tag"].lengths().tolist() == [1, 1, 1, 1, 1, 1]
+    assert per_key["tag"].values().tolist() == [1, 1, 2, 1, 1, 2]
+
+
+def test_regularizer_value_and_absent_without_grad():
+    torch.manual_seed(0)
+    ref = SER(VOCAB, DIM)
+    tables = _tables(emb_reg=0.7)
+    _copy_from_reference(tables, ref)
+    ids = _random_ids(32, torch.Generator().manual_seed(2))
+    tables(ids)
+    torch.testing.assert_close(tables.regularization(), _batch_rows_l2(ref, ids, 0.7), rtol=1e-6, atol=0)
+    with torch.no_grad():
+        tables(ids)
+    assert tables.regularization().item() == 0.0
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "rowwise_adagrad"])
+def test_fused_update_matches_torch_twin(optimizer):
+    """Three steps of loss = <e, g> + batch regularizer: the fused kernel vs the same update written
+    in torch on the reference SER (rows not looked up must not move)."""
+    torch.manual_seed(0)
+    lr, eps, reg = 0.5, 1e-8, 0.4
+    ref = SER(VOCAB, DIM)
+    tables = _tables(optimizer=optimizer, lr=lr, eps=eps, emb_reg=reg)
+    _copy_from_reference(tables, ref)
+    start = {k: w.detach().clone() for k, w in tables.table_weights().items()}
+    state = {id(p): torch.zeros(p.shape[0]) for p in ref.parameters()}
+    gen = torch.Generator().manual_seed(4)
+    touched = [set() for _ in NAMES]
+    for _ in range(3):
+        ids = _random_ids(24, gen)
+        for f in range(len(NAMES)):
+            touched[f] |= set(ids[:, f].tolist()) - {0}
+        g_s = torch.randn(24, len(NAMES) * DIM // 2, generator=gen)
+        g_c = torch.randn(24, len(NAMES) * DIM, generator=gen)
+        e_s, e_c = tables(ids)
+        ((e_s * g_s).sum() + (e_c * g_c).sum() + tables.regularization()).backward()
+
+        r_s, r_c = ref(ids)
+        ref.zero_grad()
+        ((r_s * g_s).sum() + (r_c * g_c).sum() + _batch_rows_l2(ref, ids, reg)).backward()
+        with torch.no_grad():
+            for p in ref.parameters():
+                if optimizer == "sgd":
+                    p -= lr * p.grad
+                else:  # FBGEMM's exact row-wise Adagrad: one accumulator per row, mean of squares
+                    rows = p.grad.abs().sum(1) > 0
+                    acc = state[id(p)]
+                    acc[rows] += p.grad[rows].pow(2).mean(1)
+                    p[rows] -= lr * p.grad[rows] / (acc[rows].sqrt() + eps)[:, None]
+    weights = tables.table_weights()
+    for f, name in enumerate(NAMES):
+        for kind, twin in (("easy", ref.easy.tables[f]), ("hard", ref.hard.tables[f])):
+            w = weights[f"{name}__{kind}"]
+            torch.testing.assert_close(w, twin.weight, rtol=1e-5, atol=1e-7, msg=f"{name}__{kind}")
+            moved = (w != start[f"{name}__{kind}"]).any(1)
+            assert set(moved.nonzero().view(-1).tolist()) == touched[f], f"{name}__{kind}"
+
+
+def test_sparse_optimizer_lr_reaches_kernel():
+    tables = _tables(lr=0.1)
+    opt = tables.sparse_optimizer()
+    for group in opt.param_groups:
+        group["lr"] = 0.0
+    opt.step()
+    before = {k: w.detach().clone() for k, w in tables.table_weights().items()}
+    e_s, e_c = tables(torch.tensor([[1, 2, 3]]))
+    (e_s.sum() + e_c.sum()).backward()
+    for k, w in tables.table_weights().items():
+        assert torch.equal(w, before[k]), k

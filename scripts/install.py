@@ -66,7 +66,8 @@ def main() -> None:
         if path.exists():
             inputs.update(path.read_bytes())
     for src in sorted((ROOT / "kernels").glob("*")):
-        inputs.update(src.read_bytes())
+        if src.is_file():
+            inputs.update(src.read_bytes())
     stamp = VENV / ".tf4ctr-installed.json"
     if stamp.exists() and json.loads(stamp.read_text()).get("inputs") == inputs.hexdigest():
         say(f"reusing {VENV} ({json.loads(stamp.read_text())['chosen']})")

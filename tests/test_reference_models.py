@@ -138,7 +138,6 @@ def test_training_steps_reduce_loss_on_a_planted_problem(name, ssem, dfm):
     ({"name": "DeepFM"}, "model.name"),
     ({"ssem": "ser"}, "model.ssem"),
     ({"dfm": "Sum"}, "model.dfm"),
-    ({"head": "fused"}, "model.head"),
     ({"head": "triton"}, "model.head"),
     ({"embedding_dim": 5}, "model.embedding_dim"),
     ({"embedding_dim": 0}, "model.embedding_dim"),
@@ -158,3 +157,30 @@ def test_bad_config_raises_input_error_naming_the_key(changes, key):
 def test_odd_embedding_dim_is_fine_without_ser():
     model = build_model(cfg(name="DualMLP", embedding_dim=5), VOCAB)
     assert model(batch()[0])["logit"].shape == (B,)
+
+
+@pytest.mark.parametrize("name,dfm", [("TF4CTR", "WSF"), ("TF4CTR", "MoEF"), ("TF4CTR", "CF"),
+                                      ("TF4CTR", "VF"), ("DualMLP", "WSF")])
+def test_fused_head_model_matches_reference_head_model(name, dfm):
+    """The engine's default head (one fused op) against the op-by-op head, same weights: the training
+    loss and every parameter gradient."""
+    from tf4ctr_fast import ops
+
+    assert ops.HAS_KERNELS, "the C++ kernels are not built: `pip install --no-build-isolation -e .`"
+    torch.manual_seed(0)
+    reference = build_model(cfg(name=name, dfm=dfm, head="reference"), VOCAB)
+    fused = build_model(cfg(name=name, dfm=dfm, head="fused"), VOCAB)
+    fused.load_state_dict(reference.state_dict())
+    ids, y = batch()
+    grads = []
+    for model in (reference, fused):
+        model.eval()  # VF draws Gumbel noise in training mode
+        model.zero_grad()
+        loss = model.loss(ids, y)["loss"]
+        loss.backward()
+        grads.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (loss_ref, g_ref), (loss_fused, g_fused) = grads
+    torch.testing.assert_close(loss_fused, loss_ref, rtol=1e-5, atol=1e-7)
+    assert g_ref.keys() == g_fused.keys()
+    for n in g_ref:
+        torch.testing.assert_close(g_fused[n], g_ref[n], rtol=1e-4, atol=1e-6, msg=n)

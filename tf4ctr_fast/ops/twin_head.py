@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from ..reference import dfm as ref_dfm
 from ..reference.loss import total_loss
+from ..reference.models import reference_head
 from . import HAS_KERNELS
 
 # Fusion name -> the kernels' code. The kernels see K projections per branch: row 0 is the auxiliary
@@ -151,12 +152,7 @@ def fused_head_from_modules(h_s: Tensor, h_c: Tensor, head_s: nn.Linear, head_c:
     fused outputs' logits are non-differentiable (module docstring)."""
     fused = fusion_params_from_module(dfm)
     if y is None or fused is None:
-        z_s = head_s(h_s).squeeze(-1)
-        z_c = head_c(h_c).squeeze(-1)
-        out = {"logit": dfm(h_s, h_c, z_s, z_c), "z_s": z_s, "z_c": z_c}
-        if y is not None:
-            out["loss"] = total_loss(out["logit"], z_s, z_c, y, alpha, c, gamma, twin_focus=twin_focus)
-        return out
+        return reference_head(h_s, h_c, head_s, head_c, dfm, y, alpha, c, gamma, twin_focus=twin_focus)
     name, params = fused
     loss, z, z_s, z_c = twin_head(h_s, h_c, head_s.weight, head_s.bias, head_c.weight, head_c.bias,
                                   name, params, y, alpha, c, gamma, twin_focus)

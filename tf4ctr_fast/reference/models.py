@@ -22,6 +22,19 @@ MODEL_NAMES = ("TF4CTR", "DualMLP", "DNN")
 HEAD_NAMES = ("reference", "fused")
 
 
+def reference_head(h_s: Tensor, h_c: Tensor, head_s: nn.Linear, head_c: nn.Linear, dfm: nn.Module,
+                   y: Optional[Tensor], alpha: float, c: float, gamma: float,
+                   twin_focus: bool = True) -> dict[str, Tensor]:
+    """Auxiliary logits z_s, z_c, DFM fusion and (with labels) the loss, op by op: the fused head's
+    parity target."""
+    z_s = head_s(h_s).squeeze(-1)
+    z_c = head_c(h_c).squeeze(-1)
+    out = {"logit": dfm(h_s, h_c, z_s, z_c), "z_s": z_s, "z_c": z_c}
+    if y is not None:
+        out["loss"] = total_loss(out["logit"], z_s, z_c, y, alpha, c, gamma, twin_focus=twin_focus)
+    return out
+
+
 class TwinModel(nn.Module):
     """SSEM -> (MLP_s, MLP_c) -> head: auxiliary logits z_s, z_c, DFM fusion, loss.
 
@@ -40,21 +53,22 @@ class TwinModel(nn.Module):
         self.twin_focus = twin_focus
         self.alpha, self.c, self.gamma = cfg.alpha, cfg.c, cfg.gamma
         self.emb_reg = cfg.emb_reg
+        self.fused_head = cfg.head == "fused"
 
     def encode(self, ids: Tensor) -> tuple[Tensor, Tensor]:
         e_s, e_c = self.ssem(ids)
         return self.mlp_s(e_s), self.mlp_c(e_c)
 
     def head(self, h_s: Tensor, h_c: Tensor, y: Optional[Tensor] = None) -> dict[str, Tensor]:
-        """Everything after the encoders; the fused twin head replaces exactly this method.
-        Adds "loss" when labels are given."""
-        z_s = self.head_s(h_s).squeeze(-1)
-        z_c = self.head_c(h_c).squeeze(-1)
-        out = {"logit": self.dfm(h_s, h_c, z_s, z_c), "z_s": z_s, "z_c": z_c}
-        if y is not None:
-            out["loss"] = total_loss(out["logit"], z_s, z_c, y, self.alpha, self.c, self.gamma,
-                                     twin_focus=self.twin_focus)
-        return out
+        """Everything after the encoders: {"logit", "z_s", "z_c"}, plus "loss" when labels are given.
+        model.head == "fused" runs it as one fused op (tf4ctr_fast.ops.twin_head)."""
+        if self.fused_head:
+            from ..ops import fused_head_from_modules  # lazy: ops imports this package
+
+            return fused_head_from_modules(h_s, h_c, self.head_s, self.head_c, self.dfm, y,
+                                           self.alpha, self.c, self.gamma, twin_focus=self.twin_focus)
+        return reference_head(h_s, h_c, self.head_s, self.head_c, self.dfm, y,
+                              self.alpha, self.c, self.gamma, twin_focus=self.twin_focus)
 
     def forward(self, ids: Tensor) -> dict[str, Tensor]:
         return self.head(*self.encode(ids))
@@ -109,11 +123,10 @@ def check_model_config(cfg: ModelConfig) -> None:
 
 
 def build_model(model_cfg: ModelConfig, vocab_sizes: list[int]) -> nn.Module:
-    """The reference model named by model_cfg.name over fields with these vocabulary sizes.
-    DualMLP ignores model.ssem / model.dfm (it is defined as shared embeddings + sum fusion)."""
+    """The model named by model_cfg.name over fields with these vocabulary sizes, on plain nn.Embedding
+    tables. model.head picks the twin models' head: "reference" (op by op) or "fused" (one op; DNN has
+    no twin head). DualMLP ignores model.ssem / model.dfm (shared embeddings + sum fusion by definition)."""
     check_model_config(model_cfg)
-    if model_cfg.head == "fused":
-        raise InputError("config key 'model.head': fused head not built yet")
     name = model_cfg.name
     if name == "TF4CTR":
         return TwinModel(model_cfg, vocab_sizes, model_cfg.ssem, model_cfg.dfm, twin_focus=True)

@@ -91,3 +91,23 @@ def test_unknown_key_exits_2(ids_dataset, capsys):
 def test_missing_checkpoint_exits_2(tmp_path, capsys):
     assert main(["evaluate", "--checkpoint", str(tmp_path / "nope")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_train_help_states_how_each_backend_trains_embeddings(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "dense Adam" in text and "whole tables" in text                       # reference
+    assert "fused sparse optimizer" in text and "rows a batch looks up" in text  # torchrec
+    assert "--nproc" in text
+
+
+def test_overrides_after_an_option_still_count(ids_dataset, capsys):
+    _, config = ids_dataset
+    # the key after --nproc must reach the config (and fail there), not be dropped or refused by argparse
+    assert main(["train", "--config", str(config), "train.epochs=1", "--nproc", "1", "model.alpah=0.3"]) == 2
+    assert "'model.alpah' is unknown" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--config", str(config), "--bogus"])
+    assert e.value.code == 2

@@ -46,3 +46,35 @@ def test_bad_override_names_the_key(override, fragment):
 def test_missing_config_file_is_named(tmp_path):
     with pytest.raises(InputError, match="nope.yaml: config file not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_engine_keys_defaults_and_overrides():
+    cfg = load_config()
+    assert cfg.model.backend == "reference"          # the paper's dense-Adam embeddings unless asked
+    assert (cfg.train.sparse_optimizer, cfg.train.sparse_lr, cfg.train.nproc, cfg.train.sharding) == \
+        ("rowwise_adagrad", 0.01, 1, "table_wise")
+    cfg = load_config(None, ["model.backend=torchrec", "train.sparse_optimizer=sgd", "train.sparse_lr=0.05",
+                             "train.sparse_eps=1e-6", "train.nproc=2", "train.sharding=column_wise"])
+    assert (cfg.model.backend, cfg.train.sparse_optimizer, cfg.train.sparse_lr, cfg.train.sparse_eps,
+            cfg.train.nproc, cfg.train.sharding) == ("torchrec", "sgd", 0.05, 1e-6, 2, "column_wise")
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("train.nproc=two", "'train.nproc': expected an integer"),
+    ("train.sparse_lr=fast", "'train.sparse_lr': expected a number"),
+    ("model.backend=1", "'model.backend': expected a string"),
+])
+def test_engine_keys_are_typed(override, fragment):
+    with pytest.raises(InputError, match=fragment):
+        load_config(None, [override])
+
+
+def test_exponent_without_a_dot_is_a_number(tmp_path):
+    # YAML 1.1 (PyYAML) reads 1e-6 as a string; float keys accept it, other keys keep it as text
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  min_lr: 1e-6\n")
+    cfg = load_config(path, ["train.sparse_eps=1E-7", "train.lr=+5e-4"])
+    assert (cfg.train.min_lr, cfg.train.sparse_eps, cfg.train.lr) == (1e-6, 1e-7, 5e-4)
+    assert load_config(None, ["train.device=1e-6"]).train.device == "1e-6"
+    with pytest.raises(InputError, match="'train.lr': expected a number"):
+        load_config(None, ["train.lr=1e-"])

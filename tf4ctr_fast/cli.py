@@ -19,6 +19,23 @@ config keys: see tf4ctr_fast/config.py (sections dataset, model, train); example
 exit codes: 0 ok, 2 bad input (the message names the file, line or key), 130 interrupted."""
 
 
+TRAIN_DESCRIPTION = """\
+Train with the FuxiCTR protocol (Adam, gradient clip 10, per-epoch validation, lr decay on plateau,
+early stop, best checkpoint reloaded), then report valid/test metrics into train.out_dir.
+
+How the embeddings are trained depends on model.backend:
+  reference (default)  every model; the embedding tables are trained by the same dense Adam as the
+                       rest of the network, over whole tables, and the L2 regularizer (model.emb_reg)
+                       covers the whole tables every batch: the paper's (FuxiCTR's) exact objective.
+  torchrec             TF4CTR with SER only; the tables are updated inside backward by a fused sparse
+                       optimizer (train.sparse_optimizer: rowwise_adagrad (default) or sgd on CPU and
+                       CUDA, adam on CUDA only; train.sparse_lr, default 0.01), touching only the rows
+                       a batch looks up, and the L2 covers those rows only (REFERENCE.md "Our
+                       decisions" 3). Adam (train.lr) trains the dense parameters. Needed for
+                       --nproc > 1 (train.sharding: table_wise, column_wise, row_wise on CUDA).
+"""
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tf4ctr-fast", description=__doc__,
                                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -29,8 +46,13 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.lr=0.0005")
 
     with_config(sub.add_parser("prepare", help="raw files -> prepared columns (ids.npy, labels, schema.json)"))
-    p_train = sub.add_parser("train", help="train (prepares the dataset first when needed)")
+    p_train = sub.add_parser("train", help="train (prepares the dataset first when needed)",
+                             description=TRAIN_DESCRIPTION,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
     with_config(p_train)
+    p_train.add_argument("--nproc", type=int, metavar="N",
+                         help="local data-parallel processes, the tables sharded across them (same as "
+                              "train.nproc=N; needs model.backend=torchrec; gloo on CPU, one GPU each on CUDA)")
     p_eval = sub.add_parser("evaluate", help="AUC / gAUC / logloss of a checkpoint on a prepared split")
     p_eval.add_argument("--checkpoint", required=True, help="checkpoint file or run folder")
     p_eval.add_argument("--data", help="prepared folder (default: the one the run was trained on)")
@@ -57,7 +79,8 @@ def cmd_train(args) -> dict:
     from .data.prepare import prepare
     from .train.trainer import train
 
-    cfg = load_config(args.config, args.overrides)
+    overrides = list(args.overrides) + ([f"train.nproc={args.nproc}"] if args.nproc is not None else [])
+    cfg = load_config(args.config, overrides)
     data_dir = cfg.dataset.resolved_prepared_dir()
     if not (data_dir / "schema.json").exists():
         print(f"preparing {cfg.dataset.name} into {data_dir} (no prepared folder yet)", flush=True)
@@ -113,9 +136,18 @@ def cmd_predict(args) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, rest = parser.parse_known_args(argv)
+    # argparse stops collecting key=value overrides at the first option (`train a=1 --nproc 2 b=2`
+    # leaves b=2 over): they are overrides all the same.
+    if rest and hasattr(args, "overrides") and all("=" in r and not r.startswith("-") for r in rest):
+        args.overrides = [*args.overrides, *rest]
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     # Per-epoch summaries go to stderr beside the progress bar, so a non-tty run still shows progress.
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    # INFO for this package only: the libraries' INFO chatter (fbgemm lists every .so it loads) stays out.
+    logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("tf4ctr_fast").setLevel(logging.INFO)
     command = {"prepare": cmd_prepare, "train": cmd_train,
                "evaluate": cmd_evaluate, "predict": cmd_predict}[args.command]
     try:

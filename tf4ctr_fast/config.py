@@ -6,6 +6,7 @@ it, and the full resolved config is what the run log records first.
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +70,12 @@ class ModelConfig:
     gamma: float = 1.0
     vf_tau: float = 0.8
     head: str = "reference"        # "reference" | "fused"
+    # Where the embedding tables live and how they are trained (REFERENCE.md "Our decisions" 3):
+    # "reference": plain nn.Embedding tables, trained by the dense Adam with the whole-table L2 (every
+    #   model; the paper's protocol). "torchrec": TF4CTR with SSEM SER only; the SER tables are a TorchRec
+    #   EmbeddingBagCollection updated inside backward by FBGEMM's fused sparse optimizer
+    #   (train.sparse_optimizer), with the L2 over the rows each batch looks up (docs/embedding.md).
+    backend: str = "reference"     # "reference" | "torchrec"
 
 
 @dataclass
@@ -85,10 +92,21 @@ class TrainConfig:
     monitor: str = "auc"           # "auc" | "auc+gauc" | "logloss" (minimized)
     seed: int = 2023
     device: str = "auto"           # "auto" | "cpu" | "cuda"
-    num_threads: int = 0           # 0: torch's default
+    num_threads: int = 0           # per process; 0: torch's default (divided between train.nproc processes)
     out_dir: str = ""              # default: runs/<dataset>_<model>_seed<seed>
     difficulty_thresholds: list[float] = field(default_factory=lambda: [0.3, 0.6])
     progress: bool = True
+    # model.backend "torchrec" only: the fused optimizer of the embedding tables. Adam (lr above) still
+    # trains every other parameter. "rowwise_adagrad" | "sgd" run on CPU and CUDA; "adam" on CUDA only
+    # (FBGEMM's CPU kernel has none). Row-wise Adagrad usually wants a larger lr than Adam (0.01-0.05).
+    # The plateau decay (lr_decay, min_lr) applies to sparse_lr too.
+    sparse_optimizer: str = "rowwise_adagrad"
+    sparse_lr: float = 0.01
+    sparse_eps: float = 1e-8
+    # Local data-parallel processes (model.backend "torchrec" only): each takes a slice of every batch,
+    # the tables are sharded across them. One GPU per process when CUDA is available, else gloo on CPU.
+    nproc: int = 1
+    sharding: str = "table_wise"   # "table_wise" | "column_wise" | "row_wise" (CUDA only)
 
 
 @dataclass
@@ -108,6 +126,10 @@ class RunConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
         return _from_dict(cls, data)
+
+
+# PyYAML follows YAML 1.1, where an exponent needs a dot in the mantissa: 1e-6 loads as a string.
+_EXPONENT_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -138,6 +160,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise InputError(f"config key '{key}': expected an integer, got {value!r}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and _EXPONENT_FLOAT.match(value):
             return float(value)
         raise InputError(f"config key '{key}': expected a number, got {value!r}")
     if tp is str:

@@ -2,13 +2,15 @@
 
 The payload holds only tensors and plain Python values, so it loads with `weights_only=True`
 (no arbitrary unpickling). The schema travels with the weights because `predict` needs its
-vocabularies to map raw values to ids.
+vocabularies to map raw values to ids. A model with fused embedding tables (model.backend "torchrec")
+also saves its sparse optimizer's state ("sparse_optimizer_state": the row-wise Adagrad accumulators
+live there, not in the model's state dict).
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
@@ -20,12 +22,45 @@ from .runlog import to_jsonable
 
 FORMAT_VERSION = 1
 _REQUIRED_KEYS = ("format_version", "model_state", "config", "schema", "epoch", "metrics")
+BACKENDS = ("reference", "torchrec")
 
 
-def _build_model(model_cfg: Any, vocab_sizes: list[int]) -> nn.Module:
-    # Imported here so checkpoints of any model go through the one model registry.
+def _build_model(cfg: RunConfig, field_names: Sequence[str], vocab_sizes: Sequence[int],
+                 device: Optional[torch.device] = None, fused: bool = True) -> nn.Module:
+    """The one place a run's model is built from its config: training, checkpoint loading, each rank.
+
+    fused=False gives the torchrec backend plain (unfused) tables: what distributed.shard_model shards
+    and fuses, and what inference uses (it needs no optimizer, so a checkpoint of any sparse optimizer
+    loads on any device). The reference backend ignores it.
+    """
+    backend = cfg.model.backend
+    if backend == "torchrec":
+        # Imported only here: the reference path never loads torchrec/fbgemm.
+        from ..models import build_engine_model
+        tc = cfg.train
+        return build_engine_model(cfg.model, list(vocab_sizes), backend="torchrec", field_names=list(field_names),
+                                  sparse_optimizer=tc.sparse_optimizer, sparse_lr=tc.sparse_lr,
+                                  sparse_eps=tc.sparse_eps, device=device, sharded=not fused)
+    if backend != "reference":
+        raise InputError(f"config key 'model.backend': {backend!r} is not one of {', '.join(BACKENDS)}")
     from ..reference.models import build_model
-    return build_model(model_cfg, vocab_sizes)
+    return build_model(cfg.model, list(vocab_sizes)).to(device)
+
+
+def sparse_optimizer_of(model: nn.Module) -> Optional[Any]:
+    """The torchrec KeyedOptimizer of the model's fused tables; None for models without any."""
+    getter = getattr(model, "sparse_optimizer", None)
+    return getter() if getter is not None else None
+
+
+def _to_cpu(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_cpu(v) for v in value)
+    return value
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, cfg: RunConfig, schema: dict,
@@ -33,12 +68,15 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, cfg: RunConfig, s
     """Write the checkpoint atomically: a crash mid-write leaves no file at `path`."""
     payload = {
         "format_version": FORMAT_VERSION,
-        "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "model_state": _to_cpu(model.state_dict()),
         "config": cfg.to_dict(),
         "schema": schema,
         "epoch": int(epoch),
         "metrics": to_jsonable(metrics),
     }
+    sparse = sparse_optimizer_of(model)
+    if sparse is not None:
+        payload["sparse_optimizer_state"] = _to_cpu(sparse.state_dict())
     with atomic_file(path) as tmp:
         torch.save(payload, tmp)
 
@@ -61,14 +99,23 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _load_state(path: str | os.PathLike, model: nn.Module, payload: dict[str, Any]) -> None:
+    """The weights, and the sparse optimizer's state when both the payload and the model have one
+    (inference models and distributed runs' checkpoints have none)."""
     try:
         model.load_state_dict(payload["model_state"])
     except RuntimeError as e:
         raise InputError(f"{path}: weights do not fit this model ({e})") from None
+    sparse = sparse_optimizer_of(model)
+    if sparse is not None and "sparse_optimizer_state" in payload:
+        try:
+            sparse.load_state_dict(payload["sparse_optimizer_state"])
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise InputError(f"{path}: sparse optimizer state does not fit this model's "
+                             f"train.sparse_optimizer ({e})") from None
 
 
 def restore_weights(path: str | os.PathLike, model: nn.Module) -> dict[str, Any]:
-    """Load the checkpoint's weights into an existing model; returns the payload."""
+    """Load the checkpoint's weights (and sparse optimizer state) into an existing model; returns the payload."""
     payload = read_checkpoint(path)
     _load_state(path, model, payload)
     return payload
@@ -76,17 +123,20 @@ def restore_weights(path: str | os.PathLike, model: nn.Module) -> dict[str, Any]
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"
                     ) -> tuple[nn.Module, RunConfig, dict]:
-    """Rebuild the model from the saved config and vocab sizes; returns (model in eval mode, cfg, schema)."""
+    """Rebuild the model for inference from the saved config and schema; returns (model in eval mode,
+    cfg, schema). The torchrec backend comes back with unfused tables (same weights, same predictions,
+    no optimizer), whichever sparse optimizer or number of processes trained it."""
     payload = read_checkpoint(path)
     try:
         cfg = RunConfig.from_dict(payload["config"])
     except InputError as e:
         raise InputError(f"{path}: saved config: {e}") from None
     schema = payload["schema"]
-    vocab_sizes = [int(f["vocab_size"]) for f in schema["fields"]]
-    model = _build_model(cfg.model, vocab_sizes)
+    fields = schema["fields"]
+    model = _build_model(cfg, [f["name"] for f in fields], [int(f["vocab_size"]) for f in fields],
+                         torch.device(device), fused=False)
     _load_state(path, model, payload)
-    model.to(device).eval()
+    model.eval()
     return model, cfg, schema
 
 

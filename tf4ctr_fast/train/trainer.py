@@ -6,11 +6,25 @@ best + 1e-6 multiplies the lr by lr_decay (floor min_lr) and counts toward patie
 one resets the count and saves the best checkpoint. At the end the best weights are reloaded and
 valid and test evaluated.
 
+Fused embedding tables (model.backend "torchrec"): the tables are updated inside backward by their
+own sparse optimizer (train.sparse_optimizer, lr train.sparse_lr), so Adam and the clipping cover the
+dense parameters only, the plateau decay also lowers the tables' lr, and checkpoints carry the sparse
+optimizer's state. The regularizer then covers the rows each batch looks up (REFERENCE.md "Our
+decisions" 3).
+
+One loop (`_fit`) serves both ways of running:
+- one process (train.nproc 1): the model trains here (`_Local`);
+- train.nproc N > 1 (torchrec backend): `train` launches N local processes, each running
+  `train_distributed_rank`: the tables are sharded across the ranks (DistributedModelParallel), every
+  rank takes its slice of each batch, and rank 0 evaluates, logs and checkpoints an unsharded copy
+  gathered from the shards (`_Sharded`).
+
 Output folder (cfg.resolved_out_dir()): log.jsonl, best.pt, learning_curves.png, difficulty.png,
 results.json (written last: its presence marks a finished run).
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -23,6 +37,7 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
@@ -31,7 +46,7 @@ from ..data.loader import DeviceBatchLoader
 from ..errors import InputError
 from ..io_utils import atomic_file
 from . import plots
-from .checkpoint import _build_model, restore_weights, save_checkpoint
+from .checkpoint import _build_model, restore_weights, save_checkpoint, sparse_optimizer_of
 from .metrics import auc, difficulty_counts, gauc, logloss
 from .runlog import RunLog, environment, to_jsonable
 
@@ -151,14 +166,14 @@ def evaluate(model: nn.Module, split: Any, batch_size: int, device: str | torch.
     return _metrics(np.asarray(split.labels), p, group)
 
 
-def _check_config(cfg: RunConfig, data: Any) -> None:
+def _check_config(cfg: RunConfig, data: Any, device: torch.device) -> None:
     tc = cfg.train
     if tc.monitor not in MONITORS:
         raise InputError(f"config key 'train.monitor': {tc.monitor!r} is not one of {', '.join(MONITORS)}")
     if tc.monitor == "auc+gauc" and not data.group_field:
         raise InputError("config key 'train.monitor': 'auc+gauc' needs a dataset with a group field "
                          "(dataset.group_field)")
-    for key in ("batch_size", "eval_batch_size", "epochs"):
+    for key in ("batch_size", "eval_batch_size", "epochs", "nproc"):
         if getattr(tc, key) < 1:
             raise InputError(f"config key 'train.{key}': must be >= 1, got {getattr(tc, key)}")
     if tc.max_steps_per_epoch is not None and tc.max_steps_per_epoch < 1:
@@ -168,9 +183,46 @@ def _check_config(cfg: RunConfig, data: Any) -> None:
     if len(t) != 2 or not 0.0 <= t[0] <= t[1] <= 1.0:
         raise InputError(f"config key 'train.difficulty_thresholds': expected [t0, t1] with "
                          f"0 <= t0 <= t1 <= 1, got {t}")
+    if cfg.model.backend == "torchrec":
+        _check_torchrec_config(cfg, device)
+    elif tc.nproc > 1:
+        raise InputError(f"config key 'train.nproc': {tc.nproc} processes need model.backend 'torchrec' "
+                         f"(the reference backend trains in one process), got {cfg.model.backend!r}")
     for name in ("train", "valid"):
         if not data.has_split(name):
             raise InputError(f"the prepared dataset has no '{name}' split (training needs train and valid)")
+
+
+def _check_torchrec_config(cfg: RunConfig, device: torch.device) -> None:
+    """The sparse-optimizer and multi-process keys, checked before any process starts."""
+    # Imported here: reference runs never load torchrec/fbgemm.
+    from ..distributed import SHARDINGS
+    from ..embedding.ser_tables import OPTIMIZERS
+
+    tc = cfg.train
+    if tc.sparse_optimizer not in OPTIMIZERS:
+        raise InputError(f"config key 'train.sparse_optimizer': {tc.sparse_optimizer!r} is not one of "
+                         f"{', '.join(OPTIMIZERS)}")
+    if tc.sparse_optimizer == "adam" and device.type != "cuda":
+        raise InputError("config key 'train.sparse_optimizer': 'adam' is fused by FBGEMM on CUDA only; "
+                         "on CPU use 'rowwise_adagrad' or 'sgd'")
+    for key in ("sparse_lr", "sparse_eps"):
+        if not getattr(tc, key) > 0:
+            raise InputError(f"config key 'train.{key}': must be > 0, got {getattr(tc, key)}")
+    if tc.sharding not in SHARDINGS:
+        raise InputError(f"config key 'train.sharding': {tc.sharding!r} is not one of {', '.join(SHARDINGS)}")
+    if tc.nproc == 1:
+        return
+    if tc.sharding == "row_wise" and device.type != "cuda":
+        raise InputError("config key 'train.sharding': 'row_wise' needs CUDA; on CPU use 'table_wise' "
+                         "or 'column_wise'")
+    # distributed.init_distributed gives each rank a GPU whenever CUDA is available.
+    if device.type == "cpu" and torch.cuda.is_available():
+        raise InputError("config key 'train.device': multi-process runs use one GPU per process when "
+                         "CUDA is available; set train.device to auto or cuda")
+    if device.type == "cuda" and tc.nproc > torch.cuda.device_count():
+        raise InputError(f"config key 'train.nproc': {tc.nproc} processes need as many GPUs, "
+                         f"{torch.cuda.device_count()} available")
 
 
 def _schema_summary(data: Any, splits: dict[str, Any]) -> dict[str, Any]:
@@ -184,24 +236,105 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: DeviceBatchLoader,
+def _dense_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """What Adam and the clipping cover: model.dense_parameters() when the model has fused tables
+    (they get no .grad), else every parameter."""
+    getter = getattr(model, "dense_parameters", None)
+    params = getter() if getter is not None else model.parameters()
+    return [p for p in params if p.requires_grad]
+
+
+class _Local:
+    """The whole model trains in this process; it is also the model that is evaluated and saved."""
+
+    is_main = True
+    world = 1
+
+    def __init__(self, model: nn.Module):
+        self.main_model = model
+        self.dense_params = _dense_parameters(model)
+        self.sparse_optimizer = sparse_optimizer_of(model)
+
+    def train_mode(self) -> None:
+        self.main_model.train()
+
+    def loss(self, ids: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.main_model.loss(ids, y)["loss"] + self.main_model.regularization()
+
+    def mean_over_ranks(self, value: torch.Tensor) -> torch.Tensor:
+        """The mean of `value` over the ranks (here: one)."""
+        return value
+
+    def from_main(self, value: float) -> float:
+        """The main process's `value`, on every rank (here: the only one)."""
+        return value
+
+    def gather(self) -> None:
+        """Nothing to gather: main_model is the trained model."""
+
+
+class _Sharded:
+    """One rank of a multi-process run. Rank 0 also holds `main_model`, an unsharded copy (plain
+    tables) that gather() refreshes from the shards, for evaluation and checkpoints; other ranks have
+    None. Every method but train_mode is a collective: all ranks call it in the same order."""
+
+    def __init__(self, dmp: nn.Module, copy: Optional[nn.Module], rank: int, world: int,
+                 device: torch.device):
+        self.dmp, self.main_model = dmp, copy
+        self.rank, self.world, self.device = rank, world, device
+        self.is_main = rank == 0
+        self.dense_params = _dense_parameters(dmp.module)
+        self.sparse_optimizer = dmp.fused_optimizer
+
+    def train_mode(self) -> None:
+        self.dmp.train()
+
+    def loss(self, ids: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        # Every rank iterates the same global batches (same loader seed) and takes its slice. Call the
+        # wrapper, not dmp.module.loss: DDP averages the gradients only of what runs through its forward.
+        mine = slice(self.rank, None, self.world)
+        return self.dmp(ids[mine], y[mine])["loss"] + self.dmp.module.regularization()
+
+    def mean_over_ranks(self, value: torch.Tensor) -> torch.Tensor:
+        value = value.clone()
+        dist.all_reduce(value)
+        return value / self.world
+
+    def from_main(self, value: float) -> float:
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.broadcast(t, src=0)
+        return t.item()
+
+    def gather(self) -> None:
+        from ..distributed import unsharded_state_dict
+        state = unsharded_state_dict(self.dmp)      # collective; the full tensors arrive on rank 0
+        if self.main_model is not None:
+            self.main_model.load_state_dict(state)
+
+
+def _train_epoch(replica: _Local | _Sharded, optimizer: torch.optim.Optimizer, loader: DeviceBatchLoader,
                  cfg: RunConfig, epoch: int) -> dict[str, Any]:
-    """One pass over the training batches (capped by max_steps_per_epoch); loss stays on the device."""
+    """One pass over the training batches (capped by max_steps_per_epoch); loss stays on the device.
+    train_loss is the mean over steps (and ranks) of the step loss; samples count whole batches."""
     tc = cfg.train
-    params = [p for p in model.parameters() if p.requires_grad]
     steps_total = len(loader) if tc.max_steps_per_epoch is None else min(len(loader), tc.max_steps_per_epoch)
     bar = tqdm(itertools.islice(loader, steps_total), total=steps_total, desc=f"epoch {epoch}",
-               disable=not (tc.progress and sys.stderr.isatty()), leave=False, dynamic_ncols=True)
-    model.train()
+               disable=not (replica.is_main and tc.progress and sys.stderr.isatty()), leave=False,
+               dynamic_ncols=True)
+    replica.train_mode()
     loss_sum = torch.zeros((), dtype=torch.float64, device=loader.device)
     steps = samples = 0
     _sync(loader.device)
     start = time.perf_counter()
     for ids, y in bar:
+        if y.shape[0] < replica.world:
+            # Only a last partial batch can be this small: a rank would get no rows, yet every rank
+            # must join each step's collectives.
+            continue
         optimizer.zero_grad()
-        loss = model.loss(ids, y)["loss"] + model.regularization()
-        loss.backward()
-        nn.utils.clip_grad_norm_(params, tc.clip_norm)
+        loss = replica.loss(ids, y)
+        loss.backward()                 # fused tables take their sparse optimizer step in here
+        nn.utils.clip_grad_norm_(replica.dense_params, tc.clip_norm)
         optimizer.step()
         loss_sum += loss.detach()
         steps += 1
@@ -211,7 +344,7 @@ def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Dev
     _sync(loader.device)
     seconds = time.perf_counter() - start
     bar.close()
-    train_loss = loss_sum.item() / max(steps, 1)
+    train_loss = replica.mean_over_ranks(loss_sum).item() / max(steps, 1)
     if not math.isfinite(train_loss):
         raise FloatingPointError(f"training diverged: mean train loss is {train_loss} in epoch {epoch} "
                                  f"(lr {optimizer.param_groups[0]['lr']:g})")
@@ -219,86 +352,168 @@ def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Dev
             "train_time_s": seconds, "train_samples_per_s": samples / seconds if seconds > 0 else None}
 
 
+def _lr(optimizer: Any) -> Optional[float]:
+    return optimizer.param_groups[0]["lr"] if optimizer is not None else None
+
+
+def _decay_lr(optimizer: torch.optim.Optimizer, sparse: Any, factor: float, floor: float) -> None:
+    """lr *= factor (floor `floor`) for Adam and, when there are fused tables, their optimizer."""
+    for opt in (optimizer, sparse):
+        for group in (opt.param_groups if opt is not None else ()):
+            group["lr"] = max(group["lr"] * factor, floor)
+    if sparse is not None:
+        # The fused kernels read their lr from param_groups on step(); no update happens here (that
+        # ran in backward).
+        sparse.step()
+
+
 def train(cfg: RunConfig, data: Any, model: Optional[nn.Module] = None) -> dict[str, Any]:
-    """Train on data.split("train"), select on valid, report best-checkpoint valid/test metrics."""
-    run_start = time.perf_counter()
+    """Train on data.split("train"), select on valid, report best-checkpoint valid/test metrics.
+    With train.nproc > 1 the run happens in that many local processes (`model` must then be None)."""
     tc = cfg.train
-    _check_config(cfg, data)
+    device = resolve_device(tc.device)
+    _check_config(cfg, data, device)
+    if tc.nproc > 1:
+        if model is not None:
+            raise ValueError("train(model=...) runs in one process; leave train.nproc at 1")
+        return _train_multiprocess(cfg, data)
     seed_everything(tc.seed)
     if tc.num_threads > 0:
         torch.set_num_threads(tc.num_threads)
-    device = resolve_device(tc.device)
     if model is None:
-        model = _build_model(cfg.model, list(data.vocab_sizes))
+        model = _build_model(cfg, data.field_names, data.vocab_sizes, device)
     model.to(device)
+    return _fit(cfg, data, _Local(model), device)
 
+
+def _train_multiprocess(cfg: RunConfig, data: Any) -> dict[str, Any]:
+    from torch.multiprocessing import ProcessRaisedException
+
+    from ..distributed import launch
+
+    try:
+        launch(cfg.train.nproc, train_distributed_rank, cfg, data,
+               logging.getLogger("tf4ctr_fast").getEffectiveLevel())
+    except ProcessRaisedException as e:
+        # A rank's exception arrives as its traceback text; bad input comes back as an InputError.
+        last = str(e).strip().splitlines()[-1]
+        prefix = f"{InputError.__module__}.{InputError.__qualname__}: "
+        if last.startswith(prefix):
+            raise InputError(last[len(prefix):]) from None
+        raise
+    return json.loads((cfg.resolved_out_dir() / RESULTS_NAME).read_text())
+
+
+def train_distributed_rank(cfg: RunConfig, data: Any, log_level: int = logging.INFO) -> None:
+    """One of the train.nproc processes `train` launches (tf4ctr_fast.distributed.launch); the config
+    was checked before launch."""
+    from ..distributed import init_distributed, shard_model
+
+    rank, world, device = init_distributed()
+    # Rank 0 reports at the launching process's level, in the CLI's format; the other ranks only warn.
+    # force: the imports have already given this fresh process a root handler of their own.
+    logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
+    logging.getLogger("tf4ctr_fast").setLevel(log_level if rank == 0 else logging.WARNING)
+    tc = cfg.train
+    if tc.num_threads > 0:
+        torch.set_num_threads(tc.num_threads)       # per process (launch splits the default otherwise)
+    names, vocab_sizes = list(data.field_names), list(data.vocab_sizes)
+    # Rank 0's unsharded copy for evaluation and checkpoints, built before seeding so that every rank
+    # then draws the same random numbers.
+    copy = _build_model(cfg, names, vocab_sizes, device, fused=False) if rank == 0 else None
+    seed_everything(tc.seed)        # the same seed everywhere: the same initial weights on every rank
+    model = _build_model(cfg, names, vocab_sizes, device, fused=False)   # shard_model fuses the shards
+    dmp = shard_model(model, tc.sharding, device)
+    _fit(cfg, data, _Sharded(dmp, copy, rank, world, device), device)
+
+
+def _fit(cfg: RunConfig, data: Any, replica: _Local | _Sharded, device: torch.device) -> Optional[dict[str, Any]]:
+    """The FuxiCTR loop over a _Local or _Sharded replica. Every rank runs it in step and takes the
+    same decisions (rank 0's monitor value is broadcast); only the main process evaluates, logs,
+    checkpoints and returns the result (None elsewhere)."""
+    run_start = time.perf_counter()
+    tc = cfg.train
+    main = replica.is_main
     splits = {name: data.split(name) for name in ("train", "valid", "test") if data.has_split(name)}
-    valid = splits["valid"]
-    valid_y = np.asarray(valid.labels)
-    valid_group = _group_of(valid, "valid") if data.group_field else None
     train_loader = DeviceBatchLoader(splits["train"], tc.batch_size, device, shuffle=True, seed=tc.seed)
-    valid_loader = DeviceBatchLoader(valid, tc.eval_batch_size, device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
+    optimizer = torch.optim.Adam(replica.dense_params, lr=tc.lr)
+    sparse = replica.sparse_optimizer
     plateau = Plateau(patience=tc.patience)
 
     out_dir = cfg.resolved_out_dir()
-    out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = out_dir / CHECKPOINT_NAME
-    # A previous run's artifacts would pass for this run's if it stops early.
-    for name in (RESULTS_NAME, CHECKPOINT_NAME, *plots.PLOT_NAMES):
-        (out_dir / name).unlink(missing_ok=True)
+    if main:
+        valid = splits["valid"]
+        valid_y = np.asarray(valid.labels)
+        valid_group = _group_of(valid, "valid") if data.group_field else None
+        valid_loader = DeviceBatchLoader(valid, tc.eval_batch_size, device)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        # A previous run's artifacts would pass for this run's if it stops early.
+        for name in (RESULTS_NAME, CHECKPOINT_NAME, *plots.PLOT_NAMES):
+            (out_dir / name).unlink(missing_ok=True)
     records: list[dict[str, Any]] = []
     best_epoch = None
     train_samples = 0
     train_seconds = 0.0
 
-    with RunLog(out_dir / "log.jsonl") as log:
-        log.write("params", config=cfg.to_dict(), schema_summary=_schema_summary(data, splits),
-                  env=environment(device))
+    with (RunLog(out_dir / "log.jsonl") if main else contextlib.nullcontext()) as log:
+        if main:
+            log.write("params", config=cfg.to_dict(), schema_summary=_schema_summary(data, splits),
+                      env=environment(device))
         for epoch in range(1, tc.epochs + 1):
             epoch_start = time.perf_counter()
-            lr = optimizer.param_groups[0]["lr"]
-            stats = _train_epoch(model, optimizer, train_loader, cfg, epoch)
+            lr, sparse_lr = _lr(optimizer), _lr(sparse)
+            stats = _train_epoch(replica, optimizer, train_loader, cfg, epoch)
             train_samples += stats["train_samples"]
             train_seconds += stats["train_time_s"]
 
-            eval_start = time.perf_counter()
-            p = _predict(model, valid_loader)
-            metrics = _metrics(valid_y, p, valid_group)
-            difficulty = difficulty_counts(valid_y, p, tc.difficulty_thresholds)
-            eval_seconds = time.perf_counter() - eval_start
-            value = monitor_value(metrics, tc.monitor)
+            replica.gather()
+            value = math.nan
+            if main:
+                eval_start = time.perf_counter()
+                p = _predict(replica.main_model, valid_loader)
+                metrics = _metrics(valid_y, p, valid_group)
+                difficulty = difficulty_counts(valid_y, p, tc.difficulty_thresholds)
+                eval_seconds = time.perf_counter() - eval_start
+                value = monitor_value(metrics, tc.monitor)
+            value = replica.from_main(value)        # every rank takes rank 0's decisions
             if math.isnan(value):
                 raise InputError(f"config key 'train.monitor': {tc.monitor!r} is undefined on the valid "
                                  "split (it needs both classes, within at least one group for gAUC)")
             improved = plateau.update(value)
             if improved:
                 best_epoch = epoch
-                save_checkpoint(ckpt_path, model, cfg, data.schema, epoch, metrics)
+                if main:
+                    save_checkpoint(ckpt_path, replica.main_model, cfg, data.schema, epoch, metrics)
             else:
-                for group in optimizer.param_groups:
-                    group["lr"] = max(group["lr"] * tc.lr_decay, tc.min_lr)
+                _decay_lr(optimizer, sparse, tc.lr_decay, tc.min_lr)
 
-            record = {"epoch": epoch, "lr": lr, **stats, "valid": metrics, "eval_time_s": eval_seconds,
-                      "monitor": value, "improved": improved, "best_monitor": plateau.best,
-                      "best_epoch": best_epoch, "bad_epochs": plateau.bad_epochs,
-                      "lr_next": optimizer.param_groups[0]["lr"], "difficulty": difficulty,
-                      "difficulty_thresholds": list(tc.difficulty_thresholds)}
-            record = to_jsonable(record)
-            record["epoch_time_s"] = time.perf_counter() - epoch_start
-            records.append(record)
-            log.write("epoch", **record)
-            logger.info("epoch %d: train loss %.6f, valid %s, monitor %.6f%s, %.0f samples/s, %.1fs",
-                        epoch, stats["train_loss"],
-                        " ".join(f"{k} {v:.6f}" for k, v in metrics.items() if k != "n"),
-                        value, " (best)" if improved else f" (lr -> {record['lr_next']:g})",
-                        stats["train_samples_per_s"] or 0.0, record["epoch_time_s"])
+            if main:
+                record = {"epoch": epoch, "lr": lr, "sparse_lr": sparse_lr, **stats, "valid": metrics,
+                          "eval_time_s": eval_seconds, "monitor": value, "improved": improved,
+                          "best_monitor": plateau.best, "best_epoch": best_epoch,
+                          "bad_epochs": plateau.bad_epochs, "lr_next": _lr(optimizer),
+                          "sparse_lr_next": _lr(sparse), "difficulty": difficulty,
+                          "difficulty_thresholds": list(tc.difficulty_thresholds)}
+                record = to_jsonable(record)
+                record["epoch_time_s"] = time.perf_counter() - epoch_start
+                records.append(record)
+                log.write("epoch", **record)
+                logger.info("epoch %d: train loss %.6f, valid %s, monitor %.6f%s, %.0f samples/s, %.1fs",
+                            epoch, stats["train_loss"],
+                            " ".join(f"{k} {v:.6f}" for k, v in metrics.items() if k != "n"),
+                            value, " (best)" if improved else f" (lr -> {record['lr_next']:g})",
+                            stats["train_samples_per_s"] or 0.0, record["epoch_time_s"])
             if plateau.should_stop:
-                logger.info("early stop after epoch %d (no improvement for %d epochs)", epoch, tc.patience)
+                if main:
+                    logger.info("early stop after epoch %d (no improvement for %d epochs)", epoch, tc.patience)
                 break
+        if not main:
+            return None
 
         # once, not per epoch: drawing costs ~0.5 s, and the log holds all it needs (plots.write_plots)
         plots.write_plots(records, out_dir)
+        model = replica.main_model
         restore_weights(ckpt_path, model)
         result = {
             "valid": _metrics(valid_y, _predict(model, valid_loader), valid_group),

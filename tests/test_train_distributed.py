@@ -1,0 +1,106 @@
+"""`tf4ctr-fast train --nproc 2`: two gloo ranks train a tiny TF4CTR with sharded tables through the CLI,
+rank 0 evaluates and checkpoints the gathered model, and the checkpoint predicts what rank 0 reported.
+One launch (process start-up and the torchrec imports dominate the cost)."""
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch.multiprocessing import ProcessRaisedException
+
+warnings.filterwarnings("ignore", module="torchrec")
+warnings.filterwarnings("ignore", module="fbgemm_gpu")
+
+from test_cli import planted_rows, write_ids_csv  # noqa: E402
+
+import tf4ctr_fast.distributed  # noqa: E402
+from tf4ctr_fast.cli import main  # noqa: E402
+from tf4ctr_fast.config import load_config  # noqa: E402
+from tf4ctr_fast.data.columns import load_prepared  # noqa: E402
+from tf4ctr_fast.errors import InputError  # noqa: E402
+from tf4ctr_fast.train.checkpoint import _build_model, load_checkpoint, restore_weights  # noqa: E402
+from tf4ctr_fast.train.runlog import read_log  # noqa: E402
+from tf4ctr_fast.train.trainer import predict_proba, train  # noqa: E402
+
+# distributed.init_distributed gives every rank its own GPU whenever CUDA is present.
+pytestmark = pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.device_count() < 2,
+                                reason="2 ranks on a CUDA machine need 2 GPUs")
+
+ENGINE = ["model.backend=torchrec", "model.embedding_dim=8", "model.mlp_s_hidden=[16]",
+          "model.mlp_c_hidden=[16,16]", "model.emb_reg=0.001", "train.sparse_lr=0.1", "train.lr=0.01",
+          "train.batch_size=64", "train.eval_batch_size=256", "train.epochs=6", "train.progress=false"]
+
+
+@pytest.fixture(scope="module")
+def two_rank_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("nproc2")
+    paths = {}
+    for split, n, seed in (("train", 600, 0), ("valid", 200, 1), ("test", 200, 2)):
+        paths[split] = tmp / f"{split}.csv"
+        write_ids_csv(paths[split], planted_rows(n, seed))
+    config = tmp / "run.yaml"
+    config.write_text(
+        "dataset:\n  name: tiny\n  format: csv_ids\n"
+        f"  train: {paths['train']}\n  valid: {paths['valid']}\n  test: {paths['test']}\n"
+        f"  prepared_dir: {tmp / 'prepared'}\n  group_field: user\n"
+        f"train:\n  out_dir: {tmp / 'run'}\n  monitor: auc+gauc\n")
+    code = main(["train", "--config", str(config), "--nproc", "2", *ENGINE])
+    return code, tmp, config
+
+
+def test_two_ranks_train_through_the_cli(two_rank_run):
+    code, tmp, _ = two_rank_run
+    assert code == 0
+    result = json.loads((tmp / "run" / "results.json").read_text())
+    assert result["test"]["auc"] > 0.6                      # the planted rule is learnable
+    records = read_log(tmp / "run" / "log.jsonl")
+    assert records[0]["config"]["train"]["nproc"] == 2
+    epochs = [r for r in records if r["event"] == "epoch"]
+    assert len(epochs) == result["epochs"] >= 2
+    # samples count the whole batches (both ranks' slices): 600 rows per epoch
+    assert all(r["train_samples"] == 600 and r["steps"] == 10 for r in epochs)
+    assert all(r["sparse_lr"] is not None for r in epochs)
+
+
+def test_checkpoint_predicts_what_rank_0_evaluated(two_rank_run, capsys):
+    _, tmp, config = two_rank_run
+    result = json.loads((tmp / "run" / "results.json").read_text())
+    best = [r for r in read_log(tmp / "run" / "log.jsonl") if r["event"] == "epoch"][result["best_epoch"] - 1]
+    # Rank 0's per-epoch evaluation of the model gathered from the shards == the reloaded checkpoint's.
+    assert result["valid"] == best["valid"]
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(tmp / "run"), "--split", "valid"]) == 0
+    evaluated = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert evaluated == {"split": "valid", **result["valid"]}
+
+    # The unsharded checkpoint also loads into the fused single-process model, predicting the same.
+    loaded, cfg, schema = load_checkpoint(tmp / "run" / "best.pt")
+    fused = _build_model(cfg, [f["name"] for f in schema["fields"]], [f["vocab_size"] for f in schema["fields"]])
+    restore_weights(tmp / "run" / "best.pt", fused)
+    assert fused.sparse_optimizer() is not None
+    valid = load_prepared(tmp / "prepared").split("valid")
+    np.testing.assert_allclose(predict_proba(fused, valid, 256), predict_proba(loaded, valid, 256),
+                               rtol=1e-6, atol=1e-7)
+
+
+def test_bad_input_in_a_rank_comes_back_as_input_error(two_rank_run, monkeypatch):
+    """A rank's exception reaches the parent as traceback text; an InputError must stay one (exit 2)."""
+    _, tmp, config = two_rank_run
+
+    def rank_fails(nproc, fn, *args):
+        raise ProcessRaisedException("Traceback (most recent call last):\n  ...\n"
+                                     "tf4ctr_fast.errors.InputError: field 'item': id 99 is outside [0, 5)",
+                                     error_index=1, error_pid=123)
+
+    monkeypatch.setattr(tf4ctr_fast.distributed, "launch", rank_fails)
+    cfg = load_config(config, [*ENGINE, "train.nproc=2"])
+    with pytest.raises(InputError, match="field 'item': id 99"):
+        train(cfg, load_prepared(tmp / "prepared"))
+
+    def rank_crashes(nproc, fn, *args):
+        raise ProcessRaisedException("Traceback ...\nRuntimeError: boom", error_index=0, error_pid=1)
+
+    monkeypatch.setattr(tf4ctr_fast.distributed, "launch", rank_crashes)
+    with pytest.raises(ProcessRaisedException, match="boom"):
+        train(cfg, load_prepared(tmp / "prepared"))

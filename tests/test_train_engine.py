@@ -1,0 +1,129 @@
+"""The trainer with model.backend "torchrec" in one process: the planted problem end to end, checkpoints
+(weights and the fused optimizer's state), the plateau decay reaching the fused kernels, the split
+between Adam (dense parameters) and the fused tables, and the config checks of the new keys."""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+warnings.filterwarnings("ignore", module="torchrec")
+warnings.filterwarnings("ignore", module="fbgemm_gpu")
+
+from test_trainer import VOCAB, make_cfg, planted_data  # noqa: E402
+
+from tf4ctr_fast.config import ModelConfig  # noqa: E402
+from tf4ctr_fast.errors import InputError  # noqa: E402
+from tf4ctr_fast.models import EngineTwinModel  # noqa: E402
+from tf4ctr_fast.train import checkpoint, trainer  # noqa: E402
+from tf4ctr_fast.train.checkpoint import load_checkpoint, read_checkpoint, restore_weights  # noqa: E402
+from tf4ctr_fast.train.runlog import read_log  # noqa: E402
+from tf4ctr_fast.train.trainer import predict_proba, train  # noqa: E402
+
+
+def engine_cfg(out_dir, **train_keys):
+    cfg = make_cfg(out_dir, lr=0.01, sparse_lr=0.1, **train_keys)
+    cfg.model = ModelConfig(backend="torchrec", embedding_dim=8, mlp_s_hidden=[16], mlp_c_hidden=[16, 16],
+                            net_dropout=0.0, emb_reg=1e-3)
+    return cfg
+
+
+@pytest.fixture
+def built(monkeypatch):
+    """Records the model train() builds and the parameters it hands to Adam."""
+    seen = {"models": [], "adam_params": []}
+    build, adam = checkpoint._build_model, torch.optim.Adam
+
+    def build_and_keep(*args, **kwargs):
+        seen["models"].append(build(*args, **kwargs))
+        return seen["models"][-1]
+
+    def adam_and_keep(params, *args, **kwargs):
+        params = list(params)
+        seen["adam_params"].append(params)
+        return adam(params, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "_build_model", build_and_keep)
+    monkeypatch.setattr(torch.optim, "Adam", adam_and_keep)
+    return seen
+
+
+def test_planted_problem_end_to_end_and_checkpoint(tmp_path, built):
+    data, _ = planted_data()
+    result = train(engine_cfg(tmp_path), data)
+    assert result["valid"]["auc"] > 0.7 and result["test"]["auc"] > 0.7     # the oracle is ~0.8
+
+    [model] = built["models"]
+    assert isinstance(model, EngineTwinModel) and model.sparse_optimizer() is not None
+    [adam_params] = built["adam_params"]
+    tables = {id(w) for w in model.ssem.embedding_tables()}
+    assert {id(p) for p in adam_params} == {id(p) for p in model.dense_parameters()}
+    assert tables and not tables & {id(p) for p in adam_params}
+
+    # The checkpoint loads for inference (plain tables, no optimizer) with identical predictions.
+    loaded, _, _ = load_checkpoint(result["checkpoint"])
+    assert loaded.sparse_optimizer() is None
+    valid = data.split("valid")
+    assert np.array_equal(predict_proba(loaded, valid, 128), predict_proba(model, valid, 128))
+
+    # It carries the row-wise Adagrad accumulators: non-zero exactly on the rows training looked up
+    # (planted ids start at 2: padding 0 and OOV 1 never occur), and they load back into a fused model.
+    saved = read_checkpoint(result["checkpoint"])["sparse_optimizer_state"]["state"]
+    for field, vocab in zip(data.field_names, VOCAB):
+        for kind in ("easy", "hard"):
+            key = f"{field}__{kind}.weight"
+            momentum = saved[key][f"{key}.momentum_1"]
+            assert momentum.shape == (vocab,)
+            assert torch.all(momentum[:2] == 0) and torch.all(momentum[2:] > 0), key
+    fresh = checkpoint._build_model(engine_cfg(tmp_path), data.field_names, data.vocab_sizes)
+    restore_weights(result["checkpoint"], fresh)
+    restored = fresh.sparse_optimizer().state_dict()["state"]
+    for key, state in saved.items():
+        assert torch.equal(restored[key][f"{key}.momentum_1"], state[f"{key}.momentum_1"]), key
+
+
+def test_plateau_decay_reaches_the_fused_kernels(tmp_path, built, monkeypatch):
+    monkeypatch.setattr(trainer, "monitor_value", lambda metrics, monitor: 0.5)   # never improves again
+    data, _ = planted_data(rows=(512, 200, 100))
+    train(engine_cfg(tmp_path, epochs=10, patience=2, lr_decay=0.1, min_lr=2e-3), data)
+    epochs = [r for r in read_log(tmp_path / "log.jsonl") if r["event"] == "epoch"]
+    assert [r["improved"] for r in epochs] == [True, False, False]
+    # dense 0.01 and sparse 0.1 decay together, both floored at min_lr
+    assert [r["lr"] for r in epochs] + [epochs[-1]["lr_next"]] == pytest.approx([0.01, 0.01, 2e-3, 2e-3])
+    assert ([r["sparse_lr"] for r in epochs] + [epochs[-1]["sparse_lr_next"]]
+            == pytest.approx([0.1, 0.1, 0.01, 2e-3]))
+    [model] = built["models"]
+    # what FBGEMM's kernels will use, not only the optimizer's bookkeeping
+    kernels = [lookup._emb_module for lookup in model.ssem.ebc._emb_modules]
+    assert kernels and all(k.get_learning_rate() == pytest.approx(2e-3) for k in kernels)
+
+
+def test_reference_backend_has_no_sparse_lr(tmp_path):
+    data, _ = planted_data(rows=(256, 100, 50))
+    cfg = engine_cfg(tmp_path, epochs=1)
+    cfg.model.backend = "reference"
+    train(cfg, data)
+    [epoch] = [r for r in read_log(tmp_path / "log.jsonl") if r["event"] == "epoch"]
+    assert epoch["sparse_lr"] is None and epoch["lr"] == pytest.approx(0.01)
+    assert "sparse_optimizer_state" not in read_checkpoint(tmp_path / "best.pt")
+
+
+@pytest.mark.parametrize("changes, key", [
+    ({"model.backend": "jax"}, "model.backend"),
+    ({"train.sparse_optimizer": "adagrad"}, "train.sparse_optimizer"),
+    ({"train.sparse_optimizer": "adam"}, "train.sparse_optimizer"),      # CPU: FBGEMM has no fused Adam
+    ({"train.sparse_lr": 0.0}, "train.sparse_lr"),
+    ({"train.sharding": "diagonal"}, "train.sharding"),
+    ({"train.sharding": "row_wise", "train.nproc": 2}, "train.sharding"),
+    ({"train.nproc": 0}, "train.nproc"),
+    ({"train.nproc": 2, "model.backend": "reference"}, "train.nproc"),
+], ids=lambda v: str(v))
+def test_bad_engine_config_names_the_key(tmp_path, changes, key):
+    data, _ = planted_data(rows=(64, 32, 16))
+    cfg = engine_cfg(tmp_path)                  # train.device "cpu"
+    for dotted, value in changes.items():
+        section, name = dotted.split(".")
+        setattr(getattr(cfg, section), name, value)
+    with pytest.raises(InputError, match=f"'{key}'"):
+        train(cfg, data)
+    assert not (tmp_path / "log.jsonl").exists()     # stopped before anything started

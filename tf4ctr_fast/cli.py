@@ -53,6 +53,10 @@ def _parser() -> argparse.ArgumentParser:
     p_train.add_argument("--nproc", type=int, metavar="N",
                          help="local data-parallel processes, the tables sharded across them (same as "
                               "train.nproc=N; needs model.backend=torchrec; gloo on CPU, one GPU each on CUDA)")
+    p_train.add_argument("--head", choices=["fused", "reference"],
+                         help="twin head: one fused op (default) or the op-by-op reference (same as model.head=...)")
+    p_train.add_argument("--backend", choices=["reference", "torchrec"],
+                         help="embedding tables (same as model.backend=...; see above)")
     p_eval = sub.add_parser("evaluate", help="AUC / gAUC / logloss of a checkpoint on a prepared split")
     p_eval.add_argument("--checkpoint", required=True, help="checkpoint file or run folder")
     p_eval.add_argument("--data", help="prepared folder (default: the one the run was trained on)")
@@ -79,7 +83,8 @@ def cmd_train(args) -> dict:
     from .data.prepare import prepare
     from .train.trainer import train
 
-    overrides = list(args.overrides) + ([f"train.nproc={args.nproc}"] if args.nproc is not None else [])
+    flags = {"train.nproc": args.nproc, "model.head": args.head, "model.backend": args.backend}
+    overrides = list(args.overrides) + [f"{key}={value}" for key, value in flags.items() if value is not None]
     cfg = load_config(args.config, overrides)
     data_dir = cfg.dataset.resolved_prepared_dir()
     if not (data_dir / "schema.json").exists():

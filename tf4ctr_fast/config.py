@@ -69,7 +69,9 @@ class ModelConfig:
     c: float = 0.9
     gamma: float = 1.0
     vf_tau: float = 0.8
-    head: str = "reference"        # "reference" | "fused"
+    # "fused": logits, DFM, BCE + Twin Focus loss and all their gradients as one op (C++ on CPU, Triton
+    # on CUDA; VF keeps the op-by-op path); "reference": the op-by-op PyTorch head.
+    head: str = "fused"
     # Where the embedding tables live and how they are trained (REFERENCE.md "Our decisions" 3):
     # "reference": plain nn.Embedding tables, trained by the dense Adam with the whole-table L2 (every
     #   model; the paper's protocol). "torchrec": TF4CTR with SSEM SER only; the SER tables are a TorchRec

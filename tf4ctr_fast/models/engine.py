@@ -77,11 +77,8 @@ def build_engine_model(model_cfg: ModelConfig, vocab_sizes: Sequence[int], backe
         raise InputError(f"embedding backend {backend!r} is unknown (known: {', '.join(BACKENDS)})")
     check_model_config(model_cfg)
     if model_cfg.name != "TF4CTR" or model_cfg.ssem != "SER":
-        raise InputError(f"the torchrec backend builds TF4CTR with ssem SER, got model {model_cfg.name!r} "
+        raise InputError(f"config key 'model.backend': torchrec builds TF4CTR with ssem SER, got model {model_cfg.name!r} "
                          f"with ssem {model_cfg.ssem!r}; use the reference backend for the others")
-    if model_cfg.head != "reference":
-        raise InputError(f"config key 'model.head': the torchrec backend supports 'reference', "
-                         f"got {model_cfg.head!r}")
     names = list(field_names) if field_names is not None else [f"f{i}" for i in range(len(vocab_sizes))]
     tables = SERTablesConfig(field_names=names, vocab_sizes=list(vocab_sizes), dim=model_cfg.embedding_dim,
                              optimizer=sparse_optimizer, lr=sparse_lr, eps=sparse_eps,

@@ -114,7 +114,8 @@ def test_identical_inputs_give_byte_identical_folders(tmp_path):
     prepare(cfg, tmp_path / "a", progress=False)
     prepare(cfg, tmp_path / "b", progress=False)
     assert _hashes(tmp_path / "a") == _hashes(tmp_path / "b")
-    assert len(_hashes(tmp_path / "a")) == 1 + 2 * 4  # schema + (ids, labels, group, keep) x 2 splits
+    # schema + prepared_from + (ids, labels, group, keep) x 2 splits
+    assert len(_hashes(tmp_path / "a")) == 2 + 2 * 4
 
 
 def test_prepare_prints_one_line_summary(tmp_path, capsys):

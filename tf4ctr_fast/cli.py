@@ -80,15 +80,16 @@ def cmd_prepare(args) -> Path:
 def cmd_train(args) -> dict:
     from .config import load_config
     from .data.columns import load_prepared
-    from .data.prepare import prepare
+    from .data.prepare import is_prepared_from, prepare
     from .train.trainer import train
 
     flags = {"train.nproc": args.nproc, "model.head": args.head, "model.backend": args.backend}
     overrides = list(args.overrides) + [f"{key}={value}" for key, value in flags.items() if value is not None]
     cfg = load_config(args.config, overrides)
     data_dir = cfg.dataset.resolved_prepared_dir()
-    if not (data_dir / "schema.json").exists():
-        print(f"preparing {cfg.dataset.name} into {data_dir} (no prepared folder yet)", flush=True)
+    if not is_prepared_from(cfg.dataset, data_dir):
+        print(f"preparing {cfg.dataset.name} into {data_dir} (none there yet, or prepared with other "
+              "dataset options)", flush=True)
         prepare(cfg.dataset)
     result = train(cfg, load_prepared(data_dir))
     _print_result(result)

@@ -26,6 +26,7 @@ class SyntheticConfig:
     num_cat_fields: int = 26
     int_vocab: int = 64            # buckets per integer field
     cat_vocab: int = 10_000        # ids per categorical field (Criteo after min-count 10: ~5.5M in all)
+    cat_vocab_sizes: list[int] = field(default_factory=list)  # per categorical field; overrides cat_vocab
     zipf_a: float = 1.2            # id frequency ~ rank^-a
     hard_fraction: float = 0.3     # share of samples whose click depends on pairwise interactions
     split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
@@ -34,7 +35,8 @@ class SyntheticConfig:
 @dataclass
 class DatasetConfig:
     name: str = "synthetic_criteo"
-    format: str = "synthetic"      # "synthetic" | "csv_ids"
+    format: str = "synthetic"      # "synthetic" | "csv_ids" | "criteo" | "csv" | "libfm" (docs/data.md)
+    schema: Optional[str] = None   # YAML column schema, required by "csv" and "libfm" (docs/data.md)
     prepared_dir: str = ""         # default: data_prepared/<name>
     train: Optional[str] = None    # raw files (csv_ids): comma-separated, header row, integer ids
     valid: Optional[str] = None

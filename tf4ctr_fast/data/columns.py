@@ -6,14 +6,18 @@
 <dir>/<split>/labels.npy    float32 [N], 0/1
 <dir>/<split>/group.npy     int64 [N], raw group value, when schema["group_field"] is set
 <dir>/<split>/keep.npy      int64 [N, K], raw values of schema["keep_columns"], when non-empty
+<dir>/<split>/mv_<j>.values.npy   int32 [nnz]  ids of multi-valued field j of schema["multi_valued_fields"]
+<dir>/<split>/mv_<j>.offsets.npy  int64 [N+1]  row i's ids are values[offsets[i]:offsets[i + 1]]
 ```
-Id rules: 0 padding, 1 OOV, known raw values 2.. in ascending raw-value order. A field's "vocab" maps
-the raw value (as a string) to its id; it is null for generated data that never had raw values.
+Id rules: 0 padding, 1 OOV, known raw values 2.. in ascending raw-value order (for text fields of the
+streaming formats: in the order of their 64-bit keys, docs/data.md). A field's "vocab" maps the raw
+value (as a string) to its id; it is null for generated data that never had raw values.
+Multi-valued fields (docs/data.md) are not columns of ids.npy: they are jagged, one pair per field.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -27,6 +31,7 @@ SCHEMA_FILE = "schema.json"
 PADDING_ID = 0
 OOV_ID = 1
 FIRST_KNOWN_ID = 2
+_LARGE_VOCAB = 1 << 14
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,13 @@ class IntVocab:
         values = np.asarray(values, dtype=np.int64)
         if len(self.known) == 0:
             return np.full(values.shape, OOV_ID, dtype=np.int32)
+        if len(self.known) > _LARGE_VOCAB and values.size > _LARGE_VOCAB:
+            # Binary searches in a large table miss the cache; look up each distinct value once.
+            distinct, inverse = np.unique(values, return_inverse=True)
+            return self._lookup(distinct)[inverse].reshape(values.shape)
+        return self._lookup(values)
+
+    def _lookup(self, values: np.ndarray) -> np.ndarray:
         pos = np.minimum(np.searchsorted(self.known, values), len(self.known) - 1)
         hit = self.known[pos] == values
         return np.where(hit, pos + FIRST_KNOWN_ID, OOV_ID).astype(np.int32)
@@ -91,6 +103,8 @@ class Split:
     group: Optional[np.ndarray]    # int64 [N]
     keep: Optional[np.ndarray]     # int64 [N, K]
     num_rows: int
+    # multi-valued field name -> (values int32 [nnz], offsets int64 [N + 1])
+    multi_valued: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
 # (ids, labels, group, keep), as handed to write_prepared
@@ -112,9 +126,18 @@ def write_prepared(out_dir: str | Path, schema: dict[str, Any], splits: dict[str
             (tmp / name).mkdir()
             for file, arr in arrays.items():
                 np.save(tmp / name / file, arr, allow_pickle=False)
-        # Last, so that a folder with a schema is a complete folder even without the atomic rename.
-        (tmp / SCHEMA_FILE).write_text(json.dumps(schema, sort_keys=True, indent=1) + "\n")
+        write_schema(tmp, schema, schema["splits"])
     return out_dir
+
+
+def write_schema(folder: Path, schema: dict[str, Any], splits: dict[str, int]) -> dict[str, Any]:
+    """Write schema.json (setting "format_version" and "splits"); call it after every array is written.
+
+    Last, so that a folder with a schema is a complete folder even without the atomic rename.
+    """
+    schema = dict(schema, format_version=FORMAT_VERSION, splits={k: int(v) for k, v in splits.items()})
+    (Path(folder) / SCHEMA_FILE).write_text(json.dumps(schema, sort_keys=True, indent=1) + "\n")
+    return schema
 
 
 def _checked_arrays(schema: dict[str, Any], split: str, arrays: SplitArrays) -> dict[str, np.ndarray]:
@@ -164,6 +187,11 @@ class PreparedDataset:
     def keep_columns(self) -> list[str]:
         return list(self.schema["keep_columns"])
 
+    @property
+    def multi_valued_fields(self) -> list[dict[str, Any]]:
+        """Schema entries of the jagged fields (kind "multi_valued": vocab_size, pooling, max_len, ...)."""
+        return list(self.schema.get("multi_valued_fields", []))
+
     def has_split(self, name: str) -> bool:
         return name in self.schema["splits"]
 
@@ -178,7 +206,14 @@ class PreparedDataset:
         labels = self._load(name, "labels.npy", (n,))
         group = self._load(name, "group.npy", (n,)) if self.group_field is not None else None
         keep = self._load(name, "keep.npy", (n, num_keep)) if num_keep else None
-        return Split(ids=ids, labels=labels, group=group, keep=keep, num_rows=n)
+        multi_valued = {}
+        for j, f in enumerate(self.multi_valued_fields):
+            offsets = self._load(name, f"mv_{j}.offsets.npy", (n + 1,))
+            values = self._load(name, f"mv_{j}.values.npy", (int(offsets[-1]),))
+            if offsets[0] != 0:  # (monotonicity is not checked: that would read every offset)
+                raise InputError(f"{self.path / name}/mv_{j}.offsets.npy: offsets must start at 0")
+            multi_valued[f["name"]] = (values, offsets)
+        return Split(ids=ids, labels=labels, group=group, keep=keep, num_rows=n, multi_valued=multi_valued)
 
     def _load(self, split: str, file: str, shape: tuple[int, ...]) -> np.ndarray:
         path = self.path / split / file

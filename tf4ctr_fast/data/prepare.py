@@ -1,18 +1,38 @@
-"""`tf4ctr-fast prepare`: raw data -> a prepared folder (columns.py), dispatching on dataset.format."""
+"""`tf4ctr-fast prepare`: raw data -> a prepared folder (columns.py), dispatching on dataset.format.
+
+synthetic (synthetic.py), csv_ids (csv_ids.py: integer-id CSVs read whole), and the streaming text
+formats (engine.py): criteo (criteo.py), csv with a schema file (schema_csv.py), libfm (libfm.py).
+"""
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 from typing import Callable, Optional
 
 from ..config import DatasetConfig
 from ..errors import InputError
+from ..io_utils import atomic_file
 from .columns import load_prepared
+from .criteo import prepare_criteo
 from .csv_ids import prepare_csv_ids
+from .libfm import prepare_libfm
+from .schema_csv import prepare_schema_csv
 from .synthetic import generate_synthetic
 
-_PREPARERS: dict[str, Callable[[DatasetConfig, Path], Path]] = {
-    "synthetic": generate_synthetic,
-    "csv_ids": prepare_csv_ids,
+
+def _streaming(preparer: Callable[..., Path]) -> Callable[[DatasetConfig, Path, bool], Path]:
+    return lambda cfg, out, progress: preparer(cfg, out, progress=progress, schema=cfg.schema)
+
+
+PREPARED_FROM = "prepared_from.json"  # the DatasetConfig a folder was prepared from
+
+_PREPARERS: dict[str, Callable[[DatasetConfig, Path, bool], Path]] = {
+    "synthetic": lambda cfg, out, progress: generate_synthetic(cfg, out),
+    "csv_ids": lambda cfg, out, progress: prepare_csv_ids(cfg, out),
+    "criteo": _streaming(prepare_criteo),
+    "csv": _streaming(prepare_schema_csv),
+    "libfm": _streaming(prepare_libfm),
 }
 
 
@@ -22,10 +42,29 @@ def prepare(cfg: DatasetConfig, out_dir: Optional[str | Path] = None, progress: 
     if preparer is None:
         raise InputError(f"config key 'dataset.format': unknown format {cfg.format!r} "
                          f"(known: {', '.join(_PREPARERS)})")
-    path = preparer(cfg, Path(out_dir) if out_dir is not None else cfg.resolved_prepared_dir())
+    path = preparer(cfg, Path(out_dir) if out_dir is not None else cfg.resolved_prepared_dir(), progress)
+    # Written after the folder is complete: a crash in between only costs a re-prepare, never a stale reuse.
+    with atomic_file(path / PREPARED_FROM) as tmp:
+        tmp.write_text(json.dumps(_dataset_options(cfg), sort_keys=True, indent=1) + "\n")
     if progress:
         print(summary(path))
     return path
+
+
+def is_prepared_from(cfg: DatasetConfig, path: Optional[str | Path] = None) -> bool:
+    """Whether the prepared folder exists and was written from these dataset options (so `train` can
+    reuse it instead of silently training on data prepared with other options)."""
+    path = Path(path) if path is not None else cfg.resolved_prepared_dir()
+    marker = path / PREPARED_FROM
+    if not (path / "schema.json").exists() or not marker.exists():
+        return False
+    return json.loads(marker.read_text()) == _dataset_options(cfg)
+
+
+def _dataset_options(cfg: DatasetConfig) -> dict:
+    options = dataclasses.asdict(cfg)
+    options.pop("prepared_dir")
+    return options
 
 
 def summary(path: str | Path) -> str:
@@ -35,4 +74,8 @@ def summary(path: str | Path) -> str:
     splits = sorted(ds.schema["splits"].items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0]))
     rows = ", ".join(f"{name} {n:,}" for name, n in splits)
     vocabs = " ".join(f"{name}={size}" for name, size in zip(ds.field_names, ds.vocab_sizes))
-    return f"prepared {path}: rows {rows}; {len(ds.field_names)} fields, vocab sizes {vocabs}"
+    multi = "".join(f" {f['name']}={f['vocab_size']}(multi-valued)" for f in ds.multi_valued_fields)
+    skipped = ds.schema.get("report", {}).get("skipped_rows", 0)
+    note = f"; skipped {skipped:,} bad rows (schema.json report)" if skipped else ""
+    return (f"prepared {path}: rows {rows}; {len(ds.field_names) + len(ds.multi_valued_fields)} fields, "
+            f"vocab sizes {vocabs}{multi}{note}")

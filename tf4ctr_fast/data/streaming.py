@@ -1,0 +1,270 @@
+"""Batches of a split larger than device memory, streamed from its memmapped columns; the rule that
+picks between this and the device-resident loader; batches as TorchRec KeyedJaggedTensors.
+
+StreamingBatchLoader reads the split in chunks of whole batches (about 64 MB of ids). A background
+thread reads the next chunk from disk (the page cache), shuffles its rows, copies it to pinned memory
+and on to the device on a side CUDA stream, while the training loop consumes the current one: double
+buffering, with at most `prefetch` chunks waiting. With shuffle, every epoch draws a new order of the
+chunks and of the rows inside each chunk from a generator seeded by (seed, epoch); the rows a chunk
+leaves over (less than a batch) go in front of the next one, so every batch but the epoch's last is
+full. A chunk-local shuffle mixes rows only within about 64 MB: prepare's ratio split writes rows
+already shuffled, so that is enough there; a split in file order (by files or time) is mixed less.
+
+Batches are (ids LongTensor [B, F], labels FloatTensor [B]) like DeviceBatchLoader's, plus, when the
+split has multi-valued fields, a third item: {field: (values LongTensor [nnz], offsets LongTensor
+[B + 1])}, which batch_to_kjt turns into a KeyedJaggedTensor.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .loader import DeviceBatchLoader
+
+CHUNK_BYTES = 64 << 20
+DEVICE_MEMORY_SHARE = 0.5   # choose_loader: a split may take this share of the free device memory
+
+
+@dataclass
+class _Block:
+    """Consecutive rows on the host: ids, labels and each multi-valued field's (values, offsets)."""
+
+    ids: np.ndarray                                   # int32 [r, F]
+    labels: np.ndarray                                # float32 [r]
+    multi_valued: list[tuple[np.ndarray, np.ndarray]]  # per field: values int32 [nnz], offsets int64 [r + 1]
+
+    @property
+    def rows(self) -> int:
+        return len(self.labels)
+
+    def take(self, rows: np.ndarray) -> _Block:
+        return _Block(self.ids[rows], self.labels[rows], [_take_jagged(v, o, rows) for v, o in self.multi_valued])
+
+    def then(self, other: _Block) -> _Block:
+        """This block followed by `other`."""
+        if self.rows == 0:
+            return other
+        multi = [(np.concatenate([v1, v2]), np.concatenate([o1, o2[1:] + o1[-1]]))
+                 for (v1, o1), (v2, o2) in zip(self.multi_valued, other.multi_valued)]
+        return _Block(np.concatenate([self.ids, other.ids]), np.concatenate([self.labels, other.labels]), multi)
+
+    def split_at(self, row: int) -> tuple[_Block, _Block]:
+        head = _Block(self.ids[:row], self.labels[:row],
+                      [(v[:o[row]], o[:row + 1]) for v, o in self.multi_valued])
+        tail = _Block(self.ids[row:], self.labels[row:],
+                      [(v[o[row]:], o[row:] - o[row]) for v, o in self.multi_valued])
+        return head, tail
+
+
+def _take_jagged(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The jagged rows `rows` of (values, offsets), in that order."""
+    lengths = (offsets[1:] - offsets[:-1])[rows]
+    new_offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=new_offsets[1:])
+    source = np.repeat(offsets[:-1][rows] - new_offsets[:-1], lengths) + np.arange(int(new_offsets[-1]))
+    return values[source], new_offsets
+
+
+@dataclass
+class _DeviceChunk:
+    """A block on the training device, with its batch boundaries computed on the host."""
+
+    ids: torch.Tensor
+    labels: torch.Tensor
+    multi_valued: list[tuple[torch.Tensor, torch.Tensor]]
+    value_bounds: list[np.ndarray]     # per field: host copy of the offsets, to slice without a sync
+    ready: Optional[torch.cuda.Event]
+
+
+class StreamingBatchLoader:
+    """Yields batches of one split, reading it chunk by chunk (see the module doc).
+
+    `split` needs .ids (int [N, F]), .labels (float [N]) and optionally .multi_valued ({name: (values,
+    offsets)}), e.g. a memory-mapped PreparedDataset split. `chunk_rows` defaults to about 64 MB of
+    ids, rounded to whole batches; `prefetch` is the number of chunks ready ahead of the one in use.
+    """
+
+    def __init__(self, split: Any, batch_size: int, device: str | torch.device = "cpu",
+                 shuffle: bool = False, seed: int = 0, chunk_rows: Optional[int] = None, prefetch: int = 2):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.split, self.batch_size, self.shuffle, self.seed = split, batch_size, shuffle, seed
+        self.device = torch.device(device)
+        self.num_rows = int(len(split.labels))
+        self.multi_valued_names = list(getattr(split, "multi_valued", {}) or {})
+        row_bytes = max(1, split.ids.shape[1] * 4 + 4)
+        rows = chunk_rows or max(1, CHUNK_BYTES // row_bytes)
+        self.chunk_rows = max(batch_size, rows // batch_size * batch_size)
+        self.prefetch = max(1, prefetch)
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return -(-self.num_rows // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        self.epoch += 1
+        ready: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+        worker = threading.Thread(target=self._produce, args=(rng, ready, stop), daemon=True,
+                                  name="tf4ctr-stream")
+        worker.start()
+        try:
+            while True:
+                item = ready.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield from self._batches(item)
+        finally:
+            stop.set()
+            while worker.is_alive():  # unblock a producer waiting on a full queue
+                try:
+                    ready.get_nowait()
+                except queue.Empty:
+                    worker.join(timeout=0.05)
+
+    # -- producer thread ------------------------------------------------------------------------
+
+    def _produce(self, rng: np.random.Generator, ready: queue.Queue, stop: threading.Event) -> None:
+        def put(item: Any) -> bool:
+            while not stop.is_set():
+                try:
+                    ready.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    pass
+            return False
+
+        try:
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+            stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+            starts = np.arange(0, self.num_rows, self.chunk_rows)
+            if self.shuffle:
+                starts = rng.permutation(starts)
+            carry = None
+            for k, start in enumerate(starts.tolist()):
+                block = self._read(start, min(start + self.chunk_rows, self.num_rows))
+                if self.shuffle:
+                    block = block.take(rng.permutation(block.rows))
+                if carry is not None:
+                    block = carry.then(block)
+                last = k == len(starts) - 1
+                whole = block.rows if last else block.rows // self.batch_size * self.batch_size
+                block, carry = block.split_at(whole)
+                if block.rows and not put(self._to_device(block, stream)):
+                    return
+            put(None)
+        except BaseException as e:  # handed to the consumer, which raises it
+            put(e)
+
+    def _read(self, lo: int, hi: int) -> _Block:
+        multi = []
+        for name in self.multi_valued_names:
+            values, offsets = self.split.multi_valued[name]
+            o = np.asarray(offsets[lo:hi + 1], dtype=np.int64)
+            multi.append((np.array(values[o[0]:o[-1]], dtype=np.int32), o - o[0]))  # a copy: memmaps are read-only
+        return _Block(np.array(self.split.ids[lo:hi], dtype=np.int32),
+                      np.array(self.split.labels[lo:hi], dtype=np.float32), multi)
+
+    def _to_device(self, block: _Block, stream: Optional[torch.cuda.Stream]) -> _DeviceChunk:
+        host = [torch.from_numpy(block.ids), torch.from_numpy(block.labels)]
+        for values, offsets in block.multi_valued:
+            host += [torch.from_numpy(values), torch.from_numpy(offsets)]
+        bounds = [offsets for _, offsets in block.multi_valued]
+        if stream is None:
+            moved, event = [t.to(self.device) for t in host], None
+        else:
+            with torch.cuda.stream(stream):
+                # pinned: the copy runs asynchronously, overlapping the training step on the main stream
+                moved = [t.pin_memory().to(self.device, non_blocking=True) for t in host]
+            event = torch.cuda.Event()
+            event.record(stream)
+        pairs = [(moved[i], moved[i + 1]) for i in range(2, len(moved), 2)]
+        return _DeviceChunk(moved[0], moved[1], pairs, bounds, event)
+
+    # -- consumer side --------------------------------------------------------------------------
+
+    def _batches(self, chunk: _DeviceChunk) -> Iterator[tuple]:
+        if chunk.ready is not None:
+            current = torch.cuda.current_stream(self.device)
+            current.wait_event(chunk.ready)
+            for t in (chunk.ids, chunk.labels, *[x for pair in chunk.multi_valued for x in pair]):
+                t.record_stream(current)  # allocated on the side stream, used on this one
+        b = self.batch_size
+        for lo in range(0, len(chunk.labels), b):
+            hi = min(lo + b, len(chunk.labels))
+            ids, labels = chunk.ids[lo:hi].long(), chunk.labels[lo:hi]
+            if not self.multi_valued_names:
+                yield ids, labels
+                continue
+            jagged = {}
+            for name, (values, offsets), bounds in zip(self.multi_valued_names, chunk.multi_valued, chunk.value_bounds):
+                first, last = int(bounds[lo]), int(bounds[hi])
+                jagged[name] = (values[first:last].long(), offsets[lo:hi + 1] - first)
+            yield ids, labels, jagged
+
+
+def split_bytes(split: Any) -> int:
+    """Bytes that a device-resident copy of the split's ids and labels takes."""
+    return int(np.prod(split.ids.shape)) * 4 + int(len(split.labels)) * 4
+
+
+def free_device_bytes(device: torch.device) -> int:
+    """Free memory of a CUDA device, or the host's available memory for the CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+
+
+def choose_loader(split: Any, device: str | torch.device, batch_size: int, shuffle: bool = False,
+                  seed: int = 0, budget_bytes: Optional[int] = None, **streaming: Any):
+    """DeviceBatchLoader when the split fits, else StreamingBatchLoader.
+
+    The rule: the split is kept on the device when it has no multi-valued fields and its ids and
+    labels (int32 / float32: 4 bytes each per row and field) take at most `budget_bytes`, by default
+    half of the free device memory (CUDA: cudaMemGetInfo; CPU: MemAvailable), leaving the other half
+    to the model, its optimizer state, activations and the other splits. Criteo Kaggle's 45M x 39 ids
+    (7 GB) stay on an 80 GB GPU; the same data streams on a 16 GB one.
+    """
+    device = torch.device(device)
+    if budget_bytes is None:
+        budget_bytes = int(free_device_bytes(device) * DEVICE_MEMORY_SHARE)
+    if not getattr(split, "multi_valued", None) and split_bytes(split) <= budget_bytes:
+        return DeviceBatchLoader(split, batch_size, device, shuffle=shuffle, seed=seed)
+    return StreamingBatchLoader(split, batch_size, device, shuffle=shuffle, seed=seed, **streaming)
+
+
+def batch_to_kjt(ids: torch.Tensor, field_names: Sequence[str],
+                 jagged: Optional[dict[str, tuple[torch.Tensor, torch.Tensor]]] = None):
+    """A batch as a TorchRec KeyedJaggedTensor: one key per single-valued field (ids [B, F], one value
+    per bag, padding 0 as an empty bag), then one key per multi-valued field (values, offsets [B + 1]).
+    """
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    from ..embedding.features import ids_to_kjt
+
+    single = ids_to_kjt(ids, field_names)
+    if not jagged:
+        return single
+    names = list(jagged)
+    values = torch.cat([jagged[n][0] for n in names])
+    lengths = torch.cat([jagged[n][1][1:] - jagged[n][1][:-1] for n in names]).to(torch.int32)
+    multi = KeyedJaggedTensor(keys=names, values=values.to(single.values().dtype), lengths=lengths,
+                              stride=ids.shape[0])
+    return KeyedJaggedTensor.concat([single, multi])

@@ -1,181 +1,95 @@
-"""Full TF4CTR training step: engine (TorchRec SER tables, fused row-wise Adagrad in backward, batch
-regularizer) vs the reference (dense Adam over whole tables + whole-table regularizer, as the
-reference trainer does), batch 4096, 39 Criteo-schema fields, total vocabulary 1e5 / 1e6 / 5.5e6.
+"""SER embedding layer: the tables' whole part of a training step, engine (TorchRec/FBGEMM) vs the
+reference (nn.Embedding), batch 4096, 39 Criteo-schema fields, total vocabulary swept by --bench-size.
 
-Each case first asserts forward parity (same weights -> same logits), then times the two steps
-alternately in the same process (1 warm-up each, then ROUNDS x [reference, engine]), so that load from
-other processes hits both alike; extra_info holds both series, their medians and minima, the ratios,
-the device and versions. pytest-benchmark then records the engine step on its own as well.
+  reference  reference.ssem.SER: lookup, whole-table L2 (FuxiCTR's regularizer), backward into dense
+             [V, d] gradients, dense Adam over the whole tables (what the reference trainer does)
+  engine     embedding.SERTables: one fused lookup, L2 over the rows the batch looks up, backward with
+             FBGEMM's row-wise Adagrad applied inside it, to those rows only
 
-    OMP_NUM_THREADS=1 pytest bench/test_bench_embedding.py --benchmark-only \
-        --benchmark-json bench/results/embedding_cpu.json      # 1 thread: steadier on a shared box
-    python bench/test_bench_embedding.py bench/results/embedding_cpu.json    # -> the .png next to it
+The upstream gradient is a fixed random cotangent: loss = <e_s, g_s> + <e_c, g_c> + regularizer.
+Parity first, per vocabulary: the same weights give the same (e_s, e_c), and the fused update equals
+row-wise Adagrad under the reference's gradient (without the regularizers, which differ by design).
+Useful bytes: gather read, pooled write and gradient read of [B, F*(d/2 + d)] floats, plus a read
+and a write of each distinct row the batch touches.
 """
 from __future__ import annotations
-
-import json
-import os
-import platform
-import statistics
-import sys
-import time
-import warnings
-from pathlib import Path
 
 import pytest
 import torch
 
-warnings.filterwarnings("ignore", module="torchrec")
-warnings.filterwarnings("ignore", module="fbgemm_gpu")
+from harness import (DENSE_LR, MODEL, SPARSE_EPS, SPARSE_LR, assert_fused_update, criteo_batch,
+                     criteo_vocab_sizes, field_names, record, sync)
+from tf4ctr_fast.embedding import SERTables, SERTablesConfig
+from tf4ctr_fast.reference.layers import embedding_l2
+from tf4ctr_fast.reference.ssem import SER
 
-from tf4ctr_fast.config import ModelConfig  # noqa: E402
-from tf4ctr_fast.models import build_engine_model, reference_to_engine_state_dict  # noqa: E402
-from tf4ctr_fast.reference import build_model  # noqa: E402
-
-BATCH = 4096
-NUM_INT, NUM_CAT = 13, 26
-INT_VOCAB = 64
-VOCABS = {"1e5": 100_000, "1e6": 1_000_000, "5.5e6": 5_500_000}
-ROUNDS = 3
-CLIP_NORM = 10.0
-# The published Criteo_x4 settings (REFERENCE.md); dropout off so the parity check is deterministic
-# (it costs the same either way).
-MODEL = ModelConfig(embedding_dim=16, ssem="SER", dfm="WSF", mlp_s_hidden=[400, 400],
-                    mlp_c_hidden=[400, 400, 400], batch_norm=True, net_dropout=0.0, emb_reg=1e-5)
+DIM = MODEL.embedding_dim
 
 
-def criteo_vocab_sizes(total: int) -> list[int]:
-    """13 bucketized integer fields of INT_VOCAB ids, then 26 categorical fields sharing the rest with
-    1/rank weights (a few huge fields, many small ones, like Criteo's)."""
-    rest = total - NUM_INT * INT_VOCAB
-    weights = [1 / (k + 1) for k in range(NUM_CAT)]
-    cats = [max(8, int(rest * w / sum(weights))) for w in weights]
-    return [INT_VOCAB] * NUM_INT + cats
+class LayerCase:
+    def __init__(self, vocab: int, batch: int, device: torch.device):
+        self.vocab_sizes = criteo_vocab_sizes(vocab)
+        self.ids, _ = criteo_batch(self.vocab_sizes, batch, device)
+        names = field_names()
+        torch.manual_seed(0)
+        self.reference = SER(self.vocab_sizes, DIM).to(device)
+        self.engine = SERTables(SERTablesConfig(field_names=names, vocab_sizes=self.vocab_sizes, dim=DIM,
+                                                optimizer="rowwise_adagrad", lr=SPARSE_LR, eps=SPARSE_EPS,
+                                                emb_reg=MODEL.emb_reg), device=device)
+        # reference table -> the engine's table of the same field and kind
+        self.twins = {f"{name}__{kind}": tables.tables[f].weight for f, name in enumerate(names)
+                      for kind, tables in (("easy", self.reference.easy), ("hard", self.reference.hard))}
+        weights = self.engine.table_weights()
+        with torch.no_grad():
+            for name, twin in self.twins.items():
+                weights[name].copy_(twin)
+        fields = len(names)
+        self.g_s = torch.randn(batch, fields * DIM // 2, device=device)
+        self.g_c = torch.randn(batch, fields * DIM, device=device)
+        self.optimizer = torch.optim.Adam(self.reference.parameters(), lr=DENSE_LR)
+        distinct_rows = sum(int(self.ids[:, f].unique().numel()) for f in range(fields))
+        row_bytes = (DIM // 2 + DIM) * 4
+        self.useful_bytes = 3 * batch * fields * row_bytes + 2 * distinct_rows * row_bytes
+
+    def cotangent_loss(self, e_s, e_c):
+        return (e_s * self.g_s).sum() + (e_c * self.g_c).sum()
+
+    def assert_parity(self) -> None:
+        """Run on the fresh case, before anything is timed: the engine's backward updates its tables."""
+        (r_s, r_c), (e_s, e_c) = self.reference(self.ids), self.engine(self.ids)
+        torch.testing.assert_close(e_s, r_s, rtol=1e-6, atol=0)
+        torch.testing.assert_close(e_c, r_c, rtol=1e-6, atol=0)
+        before = {k: w.detach().clone() for k, w in self.engine.table_weights().items()}
+        self.cotangent_loss(e_s, e_c).backward()
+        self.cotangent_loss(r_s, r_c).backward()
+        assert_fused_update(before, self.engine.table_weights(),
+                            {name: twin.grad for name, twin in self.twins.items()}, SPARSE_LR, SPARSE_EPS)
+        self.reference.zero_grad(set_to_none=True)
+
+    def step(self, path: str) -> None:
+        if path == "reference":
+            self.optimizer.zero_grad(set_to_none=True)
+            e_s, e_c = self.reference(self.ids)
+            loss = self.cotangent_loss(e_s, e_c) + embedding_l2(self.reference.embedding_tables(), MODEL.emb_reg)
+            loss.backward()
+            self.optimizer.step()
+        else:
+            e_s, e_c = self.engine(self.ids)
+            (self.cotangent_loss(e_s, e_c) + self.engine.regularization()).backward()
+        sync(self.ids.device)
 
 
-def synthetic_ids(vocab_sizes: list[int], batch: int, gen: torch.Generator) -> torch.Tensor:
-    """Log-uniform ids in [1, vocab) per field: heavily skewed, like click logs."""
-    u = torch.rand(batch, len(vocab_sizes), generator=gen, dtype=torch.float64)
-    log_vocab = torch.tensor(vocab_sizes, dtype=torch.float64).log()
-    ids = (u * log_vocab).exp().long()
-    return torch.minimum(ids.clamp(min=1), torch.tensor(vocab_sizes) - 1)
+@pytest.fixture(scope="module")
+def layer(env, vocab) -> LayerCase:
+    case = LayerCase(vocab, env.sizes.step_batch, env.device)
+    case.assert_parity()
+    return case
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _step_fn(model, optimizer, params, ids, y, device):
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        loss = model.loss(ids, y)["loss"] + model.regularization()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, CLIP_NORM)
-        optimizer.step()
-        _sync(device)
-    return step
-
-
-def _alternating_seconds(first, second, rounds: int) -> tuple[list[float], list[float]]:
-    first(), second()  # warm-up
-    times: tuple[list[float], list[float]] = ([], [])
-    for _ in range(rounds):
-        for fn, out in ((first, times[0]), (second, times[1])):
-            start = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - start)
-    return times
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith("model name")]
-        model = names[0] if names else model
-    return f"{model}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
-
-
-@pytest.mark.parametrize("vocab_label", list(VOCABS))
-def test_training_step_engine_vs_reference(benchmark, vocab_label):
-    import fbgemm_gpu
-    import torchrec
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    vocab_sizes = criteo_vocab_sizes(VOCABS[vocab_label])
-    names = [f"I{i + 1}" for i in range(NUM_INT)] + [f"C{i + 1}" for i in range(NUM_CAT)]
-    gen = torch.Generator().manual_seed(0)
-    ids = synthetic_ids(vocab_sizes, BATCH, gen).to(device)
-    y = torch.randint(0, 2, (BATCH,), generator=gen).float().to(device)
-
-    torch.manual_seed(0)
-    reference = build_model(MODEL, vocab_sizes).to(device)
-    engine = build_engine_model(MODEL, vocab_sizes, field_names=names, sparse_optimizer="rowwise_adagrad",
-                                sparse_lr=0.01, device=device)
-    engine.load_state_dict(reference_to_engine_state_dict(reference.state_dict(), names))
-
-    reference.eval(), engine.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(engine(ids)["logit"], reference(ids)["logit"], rtol=1e-5, atol=1e-6)
-    reference.train(), engine.train()
-
-    ref_params = list(reference.parameters())
-    ref_step = _step_fn(reference, torch.optim.Adam(ref_params, lr=1e-3), ref_params, ids, y, device)
-    dense = engine.dense_parameters()
-    engine_step = _step_fn(engine, torch.optim.Adam(dense, lr=1e-3), dense, ids, y, device)
-    reference_t, engine_t = _alternating_seconds(ref_step, engine_step, ROUNDS)
-    del ref_step, ref_params, reference  # free the dense Adam state before the engine-only timing
-    benchmark.pedantic(engine_step, rounds=ROUNDS, warmup_rounds=0, iterations=1)
-    ref_med, eng_med = statistics.median(reference_t), statistics.median(engine_t)
-    benchmark.extra_info.update({
-        "vocab_total": sum(vocab_sizes), "batch": BATCH, "fields": len(vocab_sizes),
-        "reference_s": reference_t, "engine_s": engine_t,
-        "reference_median_s": ref_med, "engine_median_s": eng_med, "speedup": ref_med / eng_med,
-        "reference_min_s": min(reference_t), "engine_min_s": min(engine_t),
-        "speedup_min": min(reference_t) / min(engine_t),
-        "engine": "TorchRec FusedEmbeddingBagCollection, FBGEMM rowwise_adagrad in backward, batch-rows L2",
-        "reference": "nn.Embedding tables, dense Adam over whole tables, whole-table L2",
-        "device": _device_name(device), "load_average_1m_at_end": os.getloadavg()[0],
-        "torch": torch.__version__, "torchrec": torchrec.__version__,
-        "fbgemm_gpu": getattr(fbgemm_gpu, "__version__", "?"),
-    })
-
-
-def plot(json_path: str) -> Path:
-    """Step time vs total vocabulary, engine and reference, from a --benchmark-json file."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = sorted((b["extra_info"] for b in json.loads(Path(json_path).read_text())["benchmarks"]
-                   if "reference_median_s" in b["extra_info"]), key=lambda r: r["vocab_total"])
-    vocab = [r["vocab_total"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, label, marker in (("reference", "reference (dense Adam, whole tables)", "o-"),
-                                ("engine", "engine (TorchRec/FBGEMM fused)", "s-")):
-        med = [r[f"{name}_median_s"] for r in rows]
-        spread = [[m - min(r[f"{name}_s"]) for m, r in zip(med, rows)],
-                  [max(r[f"{name}_s"]) - m for m, r in zip(med, rows)]]
-        ax.errorbar(vocab, med, yerr=spread, fmt=marker, capsize=3, label=f"{label}, median (min-max)")
-    for r in rows:
-        ax.annotate(f"{r['speedup']:.1f}x", (r["vocab_total"], r["engine_median_s"]),
-                    textcoords="offset points", xytext=(0, -14), ha="center")
-    ax.set_xscale("log")
-    ax.set_xlabel("total vocabulary (ids over all fields)")
-    ax.set_ylabel("training step, median seconds")
-    ax.set_ylim(bottom=0)
-    ax.set_title(f"TF4CTR step, batch {rows[0]['batch']}, {rows[0]['fields']} fields\n{rows[0]['device']}",
-                 fontsize=9)
-    ax.legend()
-    fig.tight_layout()
-    out = Path(json_path).with_suffix(".png")
-    fig.savefig(out, dpi=120)
-    return out
-
-
-if __name__ == "__main__":
-    print(plot(sys.argv[1]))
+@pytest.mark.parametrize("path", ["reference", "engine"])
+def test_ser_layer_step(benchmark, env, layer, vocab, path):
+    batch = layer.ids.shape[0]
+    benchmark.group = f"SER layer vocab {vocab:.1e} B={batch} {env.device.type}"
+    benchmark.pedantic(layer.step, args=(path,), rounds=env.sizes.step_rounds, warmup_rounds=1, iterations=1)
+    record(benchmark, env, bench="embedding_layer", case=f"vocab {vocab:.1e}", path=path, batch=batch,
+           bytes_moved=layer.useful_bytes, vocab_total=sum(layer.vocab_sizes), fields=len(layer.vocab_sizes))

@@ -1,0 +1,44 @@
+"""A full TF4CTR training step on Criteo-schema synthetic data: engine vs reference, batch 4096,
+39 fields, total vocabulary swept by --bench-size (the step-time-vs-vocabulary plot).
+
+  reference  reference backend (nn.Embedding tables) + op-by-op head; Adam over every parameter,
+             whole-table L2, clipping over every gradient (the paper's protocol)
+  engine     TorchRec/FBGEMM SER tables (row-wise Adagrad fused into backward, L2 over the batch's
+             rows) + fused twin head (C++ on CPU, Triton on CUDA); Adam and clipping on the dense part
+
+A step is what tf4ctr_fast.train.trainer does per batch (harness.training_step). Parity first, per
+vocabulary, on the fresh pair: loss, logits, every dense gradient and the tables' fused update
+(harness.assert_step_parity). Useful FLOPs: forward and backward of the Linear layers, 6 per
+multiply-add per sample.
+"""
+from __future__ import annotations
+
+import pytest
+
+from harness import (assert_step_parity, build_pair, criteo_batch, criteo_vocab_sizes, linear_macs, record,
+                     training_step)
+
+
+class StepCase:
+    def __init__(self, vocab: int, batch: int, device):
+        self.vocab_sizes = criteo_vocab_sizes(vocab)
+        self.ids, self.y = criteo_batch(self.vocab_sizes, batch, device)
+        self.models = dict(zip(("reference", "engine"), build_pair(self.vocab_sizes, device)))
+        assert_step_parity(self.models["reference"], self.models["engine"], self.ids, self.y)
+        self.steps = {path: training_step(model) for path, model in self.models.items()}
+        self.flops = 6 * linear_macs(self.models["reference"]) * batch
+
+
+@pytest.fixture(scope="module")
+def step_case(env, vocab) -> StepCase:
+    return StepCase(vocab, env.sizes.step_batch, env.device)
+
+
+@pytest.mark.parametrize("path", ["reference", "engine"])
+def test_training_step(benchmark, env, step_case, vocab, path):
+    batch = step_case.ids.shape[0]
+    benchmark.group = f"training step vocab {vocab:.1e} B={batch} {env.device.type}"
+    benchmark.pedantic(step_case.steps[path], args=(step_case.ids, step_case.y), rounds=env.sizes.step_rounds,
+                       warmup_rounds=1, iterations=1)
+    record(benchmark, env, bench="train_step", case=f"vocab {vocab:.1e}", path=path, batch=batch,
+           flops=step_case.flops, vocab_total=sum(step_case.vocab_sizes), fields=len(step_case.vocab_sizes))

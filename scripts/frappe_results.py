@@ -28,10 +28,12 @@ def run_command(model: str, seed: int, runs_dir: Path, extra: list[str]) -> list
             *extra]
 
 
-def run_one(cmd: list[str]) -> dict:
+def run_one(cmd: list[str], collect_only: bool = False) -> dict | None:
     out_dir = Path(next(a.split("=", 1)[1] for a in cmd if a.startswith("train.out_dir=")))
     results = ROOT / out_dir / "results.json"
     if not results.exists():
+        if collect_only:
+            return None
         print("$", shlex.join(cmd[2:]), flush=True)
         log = ROOT / out_dir.with_suffix(".log")
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -53,20 +55,26 @@ def main() -> None:
     parser.add_argument("--runs-dir", default="runs/frappe")
     parser.add_argument("--extra", nargs="*", default=[], help="overrides added to every run, e.g. model.head=fused")
     parser.add_argument("--out", default="docs/results_frappe.md")
+    parser.add_argument("--collect-only", action="store_true", help="tabulate finished runs, start none")
     args = parser.parse_args()
 
-    subprocess.run([*CLI, "prepare", "--config", "configs/frappe.yaml"], cwd=ROOT, check=True)
+    if not args.collect_only:
+        subprocess.run([*CLI, "prepare", "--config", "configs/frappe.yaml"], cwd=ROOT, check=True)
     commands = {(m, s): run_command(m, s, Path(args.runs_dir), args.extra) for m in args.models for s in args.seeds}
     with ThreadPoolExecutor(args.jobs) as pool:
-        results = dict(zip(commands, pool.map(run_one, commands.values())))
+        results = dict(zip(commands, pool.map(lambda c: run_one(c, args.collect_only), commands.values())))
+    results = {key: r for key, r in results.items() if r is not None}
 
     lines = [f"Command: `.venv/bin/python scripts/frappe_results.py {shlex.join(sys.argv[1:])}`", "",
              "| model | seeds | test AUC | test gAUC | test logloss | epochs (best) | wall time (s) |",
              "|---|---|---|---|---|---|---|"]
     for model in args.models:
-        rs = [results[(model, s)] for s in args.seeds]
+        seeds = [s for s in args.seeds if (model, s) in results]
+        rs = [results[(model, s)] for s in seeds]
+        if not rs:
+            continue
         lines.append(" | ".join([
-            f"| {model}", ", ".join(map(str, args.seeds)),
+            f"| {model}", ", ".join(map(str, seeds)),
             mean_std([r["test"]["auc"] for r in rs], ".4f"),
             mean_std([r["test"]["gauc"] for r in rs], ".4f"),
             mean_std([r["test"]["logloss"] for r in rs], ".4f"),

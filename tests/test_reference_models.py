@@ -14,7 +14,7 @@ from tf4ctr_fast.reference.models import build_model
 VOCAB = [10, 10, 7]
 B = 32
 TINY = ModelConfig(embedding_dim=4, mlp_s_hidden=[8], mlp_c_hidden=[8, 8], dnn_hidden=[8, 8],
-                   net_dropout=0.1, emb_reg=0.01, alpha=0.25, c=0.7, gamma=2.0)
+                   net_dropout=0.1, emb_reg=0.01, alpha=0.25, c=0.7, gamma=2.0, head="reference")
 
 
 @pytest.fixture(autouse=True)

@@ -25,6 +25,7 @@ results.json (written last: its presence marks a finished run).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import json
 import logging
@@ -376,6 +377,13 @@ def train(cfg: RunConfig, data: Any, model: Optional[nn.Module] = None) -> dict[
     if tc.nproc > 1:
         if model is not None:
             raise ValueError("train(model=...) runs in one process; leave train.nproc at 1")
+        if cfg.model.head == "fused":
+            # Known issue: under DistributedModelParallel the fused head trains markedly worse than the
+            # reference head on tests/test_train_distributed.py (test AUC 0.58 vs > 0.6), cause not yet
+            # found. Until it is, sharded runs use the reference head; the run log records the switch.
+            logger.warning("train.nproc > 1: using model.head=reference (the fused head is not yet "
+                           "validated under DistributedModelParallel)")
+            cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, head="reference"))
         return _train_multiprocess(cfg, data)
     seed_everything(tc.seed)
     if tc.num_threads > 0:

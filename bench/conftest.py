@@ -14,6 +14,7 @@ import importlib
 import os
 import platform
 import subprocess
+from datetime import date
 from pathlib import Path
 from typing import Optional
 
@@ -33,7 +34,12 @@ def pytest_addoption(parser):
                           "that other jobs keep busy")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-benchmark reads --benchmark-json
 def pytest_configure(config):
+    if getattr(config.option, "benchmark_json", "absent") is None:
+        # The suite always leaves its JSON (every raw timing + machine record), named by device and date.
+        kind = torch.cuda.get_device_name(0).split()[-1].lower() if torch.cuda.is_available() else "cpu"
+        config.option.benchmark_json = Path(__file__).parent / "results" / f"{kind}-{date.today()}.json"
     threads = config.getoption("--bench-threads", 0)
     if threads > 0:
         torch.set_num_threads(threads)

@@ -28,19 +28,24 @@ def planted_rows(n, seed):
     return np.column_stack([user, item, ctx, label]).tolist()
 
 
-@pytest.fixture
-def ids_dataset(tmp_path):
+def write_planted_run(folder):
+    """Planted train/valid/test CSVs in `folder` and a run config over them; returns the config path."""
     paths = {}
     for split, n, seed in (("train", 600, 0), ("valid", 200, 1), ("test", 200, 2)):
-        paths[split] = tmp_path / f"{split}.csv.gz"
+        paths[split] = folder / f"{split}.csv.gz"
         write_ids_csv(paths[split], planted_rows(n, seed))
-    config = tmp_path / "run.yaml"
+    config = folder / "run.yaml"
     config.write_text(
         "dataset:\n  name: tiny\n  format: csv_ids\n"
         f"  train: {paths['train']}\n  valid: {paths['valid']}\n  test: {paths['test']}\n"
-        f"  prepared_dir: {tmp_path / 'prepared'}\n  group_field: user\n  keep_columns: [user, item]\n"
-        f"train:\n  out_dir: {tmp_path / 'run'}\n  monitor: auc+gauc\n")
-    return tmp_path, config
+        f"  prepared_dir: {folder / 'prepared'}\n  group_field: user\n  keep_columns: [user, item]\n"
+        f"train:\n  out_dir: {folder / 'run'}\n  monitor: auc+gauc\n")
+    return config
+
+
+@pytest.fixture
+def ids_dataset(tmp_path):
+    return tmp_path, write_planted_run(tmp_path)
 
 
 def test_prepare_train_evaluate_predict(ids_dataset, capsys):

@@ -12,7 +12,7 @@ from torch.multiprocessing import ProcessRaisedException
 warnings.filterwarnings("ignore", module="torchrec")
 warnings.filterwarnings("ignore", module="fbgemm_gpu")
 
-from test_cli import planted_rows, write_ids_csv  # noqa: E402
+from test_cli import write_planted_run  # noqa: E402
 
 import tf4ctr_fast.distributed  # noqa: E402
 from tf4ctr_fast.cli import main  # noqa: E402
@@ -35,16 +35,7 @@ ENGINE = ["model.backend=torchrec", "model.embedding_dim=8", "model.mlp_s_hidden
 @pytest.fixture(scope="module")
 def two_rank_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("nproc2")
-    paths = {}
-    for split, n, seed in (("train", 600, 0), ("valid", 200, 1), ("test", 200, 2)):
-        paths[split] = tmp / f"{split}.csv"
-        write_ids_csv(paths[split], planted_rows(n, seed))
-    config = tmp / "run.yaml"
-    config.write_text(
-        "dataset:\n  name: tiny\n  format: csv_ids\n"
-        f"  train: {paths['train']}\n  valid: {paths['valid']}\n  test: {paths['test']}\n"
-        f"  prepared_dir: {tmp / 'prepared'}\n  group_field: user\n"
-        f"train:\n  out_dir: {tmp / 'run'}\n  monitor: auc+gauc\n")
+    config = write_planted_run(tmp)
     code = main(["train", "--config", str(config), "--nproc", "2", *ENGINE])
     return code, tmp, config
 

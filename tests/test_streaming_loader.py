@@ -1,6 +1,6 @@
 """StreamingBatchLoader: every row once per epoch with its label and multi-valued values, full batches,
 seeded chunk-and-row shuffles, the same order as DeviceBatchLoader without shuffle, thread cleanup,
-errors; choose_loader's rule; batch_to_kjt on a prepared multi-valued dataset."""
+errors; choose_loader's rule; a prepared multi-valued dataset as Features and as a KeyedJaggedTensor."""
 from __future__ import annotations
 
 import threading
@@ -15,7 +15,8 @@ from tf4ctr_fast.config import DatasetConfig
 from tf4ctr_fast.data.columns import load_prepared
 from tf4ctr_fast.data.loader import DeviceBatchLoader
 from tf4ctr_fast.data.schema_csv import prepare_schema_csv
-from tf4ctr_fast.data.streaming import StreamingBatchLoader, batch_to_kjt, choose_loader, split_bytes
+from tf4ctr_fast.data.streaming import StreamingBatchLoader, choose_loader, split_bytes
+from tf4ctr_fast.features import Features
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -34,14 +35,14 @@ def make_split(n: int = 1003, f: int = 3, multi_valued: bool = False) -> SimpleN
 
 def epoch_rows(loader, check_mv: bool = False) -> list[int]:
     rows, sizes = [], []
-    for batch in loader:
-        ids, y = batch[0], batch[1]
+    for x, y in loader:
+        ids = x.ids if check_mv else x
         r = ids[:, 0].cpu().numpy()
         assert ids.dtype == torch.int64 and y.dtype == torch.float32
         np.testing.assert_array_equal(ids.cpu().numpy(), r[:, None] + 10000 * np.arange(ids.shape[1]))
         np.testing.assert_array_equal(y.cpu().numpy(), r % 2)
         if check_mv:
-            values, offsets = batch[2]["tags"]
+            values, offsets = x.bags["tags"]
             values, offsets = values.cpu().numpy(), offsets.cpu().numpy()
             assert offsets[0] == 0 and len(offsets) == len(r) + 1
             for i, row in enumerate(r):
@@ -127,11 +128,22 @@ def test_choose_loader_rule():
     assert isinstance(choose_loader(split, "cpu", 10, budget_bytes=1600), DeviceBatchLoader)
     assert isinstance(choose_loader(split, "cpu", 10, budget_bytes=1599), StreamingBatchLoader)
     assert isinstance(choose_loader(split, "cpu", 10), DeviceBatchLoader)   # a few KB fit any host
-    streaming = choose_loader(make_split(100, multi_valued=True), "cpu", 10, shuffle=True, seed=3, chunk_rows=20)
+    assert isinstance(choose_loader(split, "cpu", 10, kind="streaming"), StreamingBatchLoader)
+    assert isinstance(choose_loader(split, "cpu", 10, budget_bytes=0, kind="device"), DeviceBatchLoader)
+    jagged = make_split(100, multi_valued=True)
+    values, offsets = jagged.multi_valued["tags"]
+    assert split_bytes(jagged) == split_bytes(split) + 2 * (len(values) * 4 + 101 * 8)
+    assert isinstance(choose_loader(jagged, "cpu", 10), DeviceBatchLoader)
+    streaming = choose_loader(jagged, "cpu", 10, shuffle=True, seed=3, budget_bytes=1000, chunk_rows=20)
     assert isinstance(streaming, StreamingBatchLoader) and streaming.shuffle and streaming.chunk_rows == 20
+    with pytest.raises(ValueError, match="loader kind"):
+        choose_loader(split, "cpu", 10, kind="disk")
 
 
 def test_prepared_multi_valued_split_to_keyed_jagged_tensor(tmp_path):
+    pytest.importorskip("torchrec")
+    from tf4ctr_fast.embedding.features import features_to_kjt
+
     (tmp_path / "train.csv").write_text("label,user,tags\n1,5,a|b\n0,6,\n1,5,b|c|a\n0,7,c\n")
     schema = {"columns": [{"name": "label", "kind": "label"},
                           {"name": "user", "kind": "categorical", "codec": "int", "min_count": 2},
@@ -141,17 +153,17 @@ def test_prepared_multi_valued_split_to_keyed_jagged_tensor(tmp_path):
     cfg = DatasetConfig(format="csv", train=str(tmp_path / "train.csv"), min_count=1)
     ds = load_prepared(prepare_schema_csv(cfg, tmp_path / "out", schema=tmp_path / "schema.yaml"))
     tags = ds.multi_valued_fields[0]["vocab"]
-    loader = choose_loader(ds.split("train"), "cpu", batch_size=3)
-    assert isinstance(loader, StreamingBatchLoader)
-    (ids, y, jagged), (ids2, _, jagged2) = list(loader)
-    assert ids.tolist() == [[2], [1], [2]] and y.tolist() == [1, 0, 1]
-    values, offsets = jagged["tags"]
-    assert offsets.tolist() == [0, 2, 2, 4] and values.tolist() == [tags["a"], tags["b"], tags["b"], tags["c"]]
+    for kind in ("device", "streaming"):
+        (x, y), (x2, _) = list(choose_loader(ds.split("train"), "cpu", batch_size=3, kind=kind))
+        assert isinstance(x, Features)
+        assert x.ids.tolist() == [[2], [1], [2]] and y.tolist() == [1, 0, 1]
+        values, offsets = x.bags["tags"]
+        assert offsets.tolist() == [0, 2, 2, 4] and values.tolist() == [tags["a"], tags["b"], tags["b"], tags["c"]]
 
-    kjt = batch_to_kjt(ids, ds.field_names, jagged)
-    assert kjt.keys() == ["user", "tags"] and kjt.stride() == 3
-    assert kjt["user"].values().tolist() == [2, 1, 2] and kjt["user"].lengths().tolist() == [1, 1, 1]
-    assert kjt["tags"].values().tolist() == values.tolist() and kjt["tags"].lengths().tolist() == [2, 0, 2]
-    last = batch_to_kjt(ids2, ds.field_names, jagged2)
-    assert last.stride() == 1 and last["tags"].values().tolist() == [tags["c"]]
-    assert batch_to_kjt(ids, ds.field_names).keys() == ["user"]
+        kjt = features_to_kjt(x.ids, ds.field_names, x.bags)
+        assert kjt.keys() == ["user", "tags"] and kjt.stride() == 3
+        assert kjt["user"].values().tolist() == [2, 1, 2] and kjt["user"].lengths().tolist() == [1, 1, 1]
+        assert kjt["tags"].values().tolist() == values.tolist() and kjt["tags"].lengths().tolist() == [2, 0, 2]
+        last = features_to_kjt(x2.ids, ds.field_names, x2.bags)
+        assert last.stride() == 1 and last["tags"].values().tolist() == [tags["c"]]
+        assert features_to_kjt(x.ids, ds.field_names).keys() == ["user"]

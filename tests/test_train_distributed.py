@@ -97,7 +97,6 @@ def test_bad_input_in_a_rank_comes_back_as_input_error(two_rank_run, monkeypatch
         train(cfg, load_prepared(tmp / "prepared"))
 
 
-def test_sharded_runs_record_the_reference_head(two_rank_run):
-    # the fused head is switched off under DMP until its known issue is fixed (trainer.train)
+def test_sharded_runs_use_the_fused_head(two_rank_run):
     _, tmp, _ = two_rank_run
-    assert read_log(tmp / "run" / "log.jsonl")[0]["config"]["model"]["head"] == "reference"
+    assert read_log(tmp / "run" / "log.jsonl")[0]["config"]["model"]["head"] == "fused"

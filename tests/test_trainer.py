@@ -245,7 +245,7 @@ def test_best_checkpoint_reloads_with_identical_predictions(tmp_path, monkeypatc
     model = TinyLogistic(VOCAB)
     result = train(cfg, data, model=model)
     monkeypatch.setattr(checkpoint, "_build_model",
-                        lambda cfg, field_names, vocab_sizes, device=None, fused=True: TinyLogistic(vocab_sizes))
+                        lambda cfg, field_names, vocab_sizes, device=None, **_: TinyLogistic(vocab_sizes))
     loaded, loaded_cfg, schema = load_checkpoint(result["checkpoint"])
     assert loaded_cfg == cfg and schema == data.schema
     valid = data.split("valid")
@@ -310,7 +310,7 @@ def test_ctrl_c_during_plot_write_leaves_no_png(tmp_path, monkeypatch):
     assert temp_files(tmp_path) == []
 
 
-def random_init_logistic(cfg, field_names, vocab_sizes, device=None, fused=True):
+def random_init_logistic(cfg, field_names, vocab_sizes, device=None, **_):
     model = TinyLogistic(vocab_sizes)
     for w in model.weights:
         nn.init.normal_(w.weight)

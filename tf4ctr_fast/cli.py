@@ -7,12 +7,18 @@ WSF) with the published Criteo settings, trained a short while. Any config key c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
+import tempfile
 from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import numpy as np
 
 from .errors import InputError
+from .io_utils import atomic_file
 
 EPILOG = """\
 config keys: see tf4ctr_fast/config.py (sections dataset, model, train); examples in configs/.
@@ -33,6 +39,21 @@ How the embeddings are trained depends on model.backend:
                        a batch looks up, and the L2 covers those rows only (REFERENCE.md "Our
                        decisions" 3). Adam (train.lr) trains the dense parameters. Needed for
                        --nproc > 1 (train.sharding: table_wise, column_wise, row_wise on CUDA).
+"""
+
+
+PREDICT_DESCRIPTION = """\
+Score every row of --input with a trained model; --output gets one line per scored row, in input
+order: the dataset's keep columns (raw integers), then the click probability `score`.
+
+The input is read like the training data, by the format and the vocabularies saved with the model:
+  csv_ids              a CSV with a header naming the training columns (the label may be absent)
+  criteo, csv, libfm   the training files' layout (delimiter, header, columns, libfm fields); read in
+                       bounded memory on every core, the rows encoded into a temporary folder beside
+                       --output (removed afterwards) and scored from there
+Values never seen in training (or seen fewer than min_count times) map to the OOV id. A bad row stops
+the command naming file:line, unless the training schema says on_bad_row: skip (then it is dropped and
+counted, and the output has fewer lines: align on a keep column). Labels: see --no-label.
 """
 
 
@@ -61,10 +82,16 @@ def _parser() -> argparse.ArgumentParser:
     p_eval.add_argument("--checkpoint", required=True, help="checkpoint file or run folder")
     p_eval.add_argument("--data", help="prepared folder (default: the one the run was trained on)")
     p_eval.add_argument("--split", default="test")
-    p_pred = sub.add_parser("predict", help="score a CSV; writes its id columns beside the scores")
+    p_pred = sub.add_parser("predict", help="score a file laid out like the training data; writes the "
+                            "keep columns beside the scores", description=PREDICT_DESCRIPTION,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     p_pred.add_argument("--checkpoint", required=True, help="checkpoint file or run folder")
-    p_pred.add_argument("--input", required=True, help="CSV (.gz ok) with the training columns")
-    p_pred.add_argument("--output", required=True, help="CSV to write")
+    p_pred.add_argument("--input", required=True,
+                        help="file (.gz ok) in the training data's format and columns; the label may be missing")
+    p_pred.add_argument("--output", required=True, help="CSV to write: the keep columns, then score")
+    p_pred.add_argument("--no-label", action="store_true",
+                        help="the input rows have no label (a file without a header: Criteo's test.txt, "
+                             "a headerless csv, libfm rows of features only); with a header it is detected")
     p_pred.add_argument("--batch-size", type=int, default=65536)
     return parser
 
@@ -122,23 +149,69 @@ def cmd_evaluate(args) -> dict:
 
 
 def cmd_predict(args) -> Path:
-    import numpy as np
-
-    from .data.csv_ids import encode_for_predict
-    from .io_utils import atomic_file
     from .train.checkpoint import load_checkpoint, resolve_checkpoint
     from .train.trainer import predict_proba
 
     model, _cfg, schema = load_checkpoint(resolve_checkpoint(args.checkpoint))
-    ids, keep, _labels = encode_for_predict(args.input, schema)
-    scores = predict_proba(model, ids, args.batch_size, "cpu")
-    names = list(keep)
-    table = np.column_stack([*(keep[n] for n in names), scores]) if names else scores[:, None]
-    with atomic_file(args.output) as tmp:
-        np.savetxt(tmp, table, delimiter=",", header=",".join([*names, "score"]), comments="",
-                   fmt=["%d"] * len(names) + ["%.6f"])
+    with _rows_to_score(args, schema) as (rows, keep_names):
+        scores = predict_proba(model, rows, args.batch_size, "cpu")
+        _write_scores(Path(args.output), keep_names, rows.keep, scores)
     print(f"wrote {len(scores)} scores to {args.output} (mean {float(np.mean(scores)):.4f})")
     return Path(args.output)
+
+
+@contextlib.contextmanager
+def _rows_to_score(args, schema: dict) -> Iterator[tuple[Any, list[str]]]:
+    """(the input encoded as a split: .ids, .labels, .keep, .multi_valued; the keep column names).
+
+    The streaming formats are encoded into a temporary folder beside the output, removed on leaving
+    the block, also on error or Ctrl-C.
+    """
+    from .data.columns import load_prepared
+    from .data.predict_input import PREDICT_SPLIT, STREAMING_FORMATS, encode_for_predict_text
+
+    if schema.get("options", {}).get("format") not in STREAMING_FORMATS:
+        yield _csv_ids_rows(args.input, schema), list(schema["keep_columns"])
+        return
+    output = Path(args.output).resolve()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{output.name}.", suffix=".input", dir=output.parent) as tmp:
+        encoded = load_prepared(encode_for_predict_text(args.input, schema, Path(tmp) / "encoded",
+                                                        has_label=False if args.no_label else None))
+        report = encoded.schema["report"]
+        if report["skipped_rows"]:
+            print(f"skipped {report['skipped_rows']:,} bad rows (on_bad_row: skip in the training schema); "
+                  f"first: {report['skipped_examples'][0]}", file=sys.stderr)
+        yield encoded.split(PREDICT_SPLIT), encoded.keep_columns
+
+
+def _csv_ids_rows(path: str, schema: dict):
+    from .data.columns import Split
+    from .data.csv_ids import encode_for_predict
+
+    ids, keep, labels = encode_for_predict(path, schema)
+    names = list(schema["keep_columns"])
+    return Split(ids=ids, labels=labels if labels is not None else np.full(len(ids), np.nan, dtype=np.float32),
+                 group=None, keep=np.column_stack([keep[n] for n in names]) if names else None,
+                 num_rows=len(ids))
+
+
+_ROWS_PER_WRITE = 1 << 16
+
+
+def _write_scores(path: Path, keep_names: list[str], keep: Optional[np.ndarray], scores: np.ndarray) -> None:
+    """CSV `keep columns..., score`, atomically, a block of rows at a time. A structured array keeps
+    the raw 64-bit keep values exact (a float table would round those above 2^53)."""
+    row = np.dtype([*((f"k{j}", np.int64) for j in range(len(keep_names))), ("score", np.float64)])
+    with atomic_file(path) as tmp, open(tmp, "w") as f:
+        f.write(",".join([*keep_names, "score"]) + "\n")
+        for start in range(0, len(scores), _ROWS_PER_WRITE):
+            stop = min(start + _ROWS_PER_WRITE, len(scores))
+            table = np.empty(stop - start, dtype=row)
+            for j in range(len(keep_names)):
+                table[f"k{j}"] = keep[start:stop, j]
+            table["score"] = scores[start:stop]
+            np.savetxt(f, table, delimiter=",", fmt=["%d"] * len(keep_names) + ["%.6f"])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -100,6 +100,9 @@ class TrainConfig:
     out_dir: str = ""              # default: runs/<dataset>_<model>_seed<seed>
     difficulty_thresholds: list[float] = field(default_factory=lambda: [0.3, 0.6])
     progress: bool = True
+    # "auto": each split on the device (CUDA memory, or RAM on CPU) when it takes at most half of the
+    # free memory, else streamed from disk in prefetched chunks; "device" / "streaming" force one.
+    loader: str = "auto"
     # model.backend "torchrec" only: the fused optimizer of the embedding tables. Adam (lr above) still
     # trains every other parameter. "rowwise_adagrad" | "sgd" run on CPU and CUDA; "adam" on CUDA only
     # (FBGEMM's CPU kernel has none). Row-wise Adagrad usually wants a larger lr than Adam (0.01-0.05).

@@ -13,6 +13,9 @@ keys; this module does everything else, the same way for every format:
              columns inside atomic_dir; str tokens' text is read back at their first occurrence
     schema   schema.json written last
 
+`encode_text` runs the same passes over one file with vocabularies given (a trained model's): pass 1
+only checks the rows, pass 2 writes them all, in file order, into one split (`tf4ctr-fast predict`).
+
 Chunks are decoded in worker processes (multiprocessing, spawn) and their results consumed in file
 order, so the first bad line reported is the first in the file and every output is independent of
 the number of workers and the chunk size. Memory: a few chunks per worker, the vocabulary counts
@@ -222,17 +225,26 @@ def _plain_pieces(path: Path, block: int = 1 << 16) -> Iterator[tuple[int, int, 
             yield len(data), 0, data
 
 
+def read_header(path: Path) -> str:
+    """The header line of a file (gzip or plain) as text; InputError if missing or not UTF-8."""
+    return _header_text(path, first_line(path)[0])
+
+
+def _header_text(path: Path, line: bytes) -> str:
+    if not line.strip():
+        raise InputError(f"{path}:1: empty file, expected a header row")
+    try:
+        return line.decode("utf-8").lstrip("\ufeff").rstrip("\r")
+    except UnicodeDecodeError:
+        raise InputError(f"{path}:1: header is not UTF-8 text") from None
+
+
 def _open_source(index: int, split: Optional[str], path: Path, has_header: bool) -> tuple[_Source, Optional[str]]:
     """Check a file, detect gzip, read its header line when the format has one."""
     line, _, gz = first_line(path)
     header, data_start = None, 0
     if has_header:
-        if not line.strip():
-            raise InputError(f"{path}:1: empty file, expected a header row")
-        try:
-            header = line.decode("utf-8").lstrip("\ufeff").rstrip("\r")
-        except UnicodeDecodeError:
-            raise InputError(f"{path}:1: header is not UTF-8 text") from None
+        header = _header_text(path, line)
         data_start = len(line) + 1
     source = _Source(index=index, split=split, path=path, gzip=gz, size=path.stat().st_size,
                      data_start=data_start, first_line=2 if has_header else 1)
@@ -540,53 +552,113 @@ class _RowTable:
     rank: Optional[np.ndarray] = None        # int64 [N]: position in the split (before skipped rows)
 
 
-def prepare_text(fmt: TextFormat, plan: SplitPlan, out_dir: str | Path, opts: EngineOptions,
-                 format_name: str) -> Path:
-    """Prepare `plan`'s files with `fmt` into `out_dir` (atomically; schema.json last)."""
+@dataclass(frozen=True)
+class _Job:
+    """The files of one run and what every pass needs."""
+
+    fmt: TextFormat
+    sources: list[_Source]
+    split_names: list[str]
+    workers: int
+    state: dict[str, Any]          # what the workers of every pass get
+    opts: EngineOptions
+
+
+def _start(fmt: TextFormat, named: list[tuple[Optional[str], Path]], split_names: list[str],
+           opts: EngineOptions) -> _Job:
+    """Open the files (split name or None, path) and their decoders."""
     if opts.on_bad_row not in ("error", "skip"):
         raise InputError(f"on_bad_row must be 'error' or 'skip', got {opts.on_bad_row!r}")
-    workers = _workers(opts)
-    if plan.by == "files":
-        named = [(name, plan.files[name]) for name in SPLIT_NAMES if name in plan.files]
-        split_names = [name for name, _ in named]
-    else:
-        named = [(None, plan.files["data"])]
-        split_names = list(SPLIT_NAMES[:len(plan.ratios)])
     sources, decoders = [], []
     for i, (split, path) in enumerate(named):
         source, header = _open_source(i, split, Path(path), fmt.has_header)
         sources.append(source)
         decoders.append(fmt.decoder(source.path, header))
-    workers = min(workers, max(1, sum(-(-max(s.size, 1) // opts.chunk_bytes) for s in sources)))
-    base_state = {"paths": [str(s.path) for s in sources], "decoders": decoders,
-                  "categorical": fmt.categorical, "multi_valued": fmt.multi_valued,
-                  "skip_bad": opts.on_bad_row == "skip", "split_names": split_names}
+    workers = min(_workers(opts), max(1, sum(-(-max(s.size, 1) // opts.chunk_bytes) for s in sources)))
+    state = {"paths": [str(s.path) for s in sources], "decoders": decoders,
+             "categorical": fmt.categorical, "multi_valued": fmt.multi_valued,
+             "skip_bad": opts.on_bad_row == "skip", "split_names": split_names}
+    return _Job(fmt, sources, split_names, workers, state, opts)
+
+
+def prepare_text(fmt: TextFormat, plan: SplitPlan, out_dir: str | Path, opts: EngineOptions,
+                 format_name: str) -> Path:
+    """Prepare `plan`'s files with `fmt` into `out_dir` (atomically; schema.json last)."""
+    if plan.by == "files":
+        named = [(name, Path(plan.files[name])) for name in SPLIT_NAMES if name in plan.files]
+        job = _start(fmt, named, [name for name, _ in named], opts)
+    else:
+        job = _start(fmt, [(None, Path(plan.files["data"]))], list(SPLIT_NAMES[:len(plan.ratios)]), opts)
+    sources, workers = job.sources, job.workers
     hasher, digests = _sha256_thread([s.path for s in sources])
     rows = _RowTable()
 
     if plan.by != "files":
-        _run_pass0(fmt, plan, sources[0], rows, workers, base_state, opts)
-    counters, mv_counters, mv_lengths, bad_rows, examples = _run_pass1(fmt, sources, rows, workers, base_state, opts)
+        _run_pass0(fmt, plan, sources[0], rows, workers, job.state, opts)
+    counters, mv_counters, mv_lengths, bad_rows, examples = _run_pass1(fmt, sources, rows, workers, job.state, opts)
     if plan.by == "files":
-        rows.split = np.concatenate([np.full(sum(r), s, dtype=np.int8) for s, r in enumerate(rows.source_rows)])
-        rows.rank = np.concatenate([np.arange(sum(r), dtype=np.int64) for r in rows.source_rows])
+        _rows_by_file(rows)
     train_path = sources[0].path
     vocabs = [fit(*c.result()[:2], f.min_count, f"{train_path}: field '{f.name}'")
               for f, c in zip(fmt.categorical, counters)]
     mv_vocabs = [fit(*c.result()[:2], f.min_count, f"{train_path}: field '{f.name}'")
                  for f, c in zip(fmt.multi_valued, mv_counters)]
-    sizes, pos = _positions(rows, bad_rows, split_names, sources, plan)
+    sizes, pos = _positions(rows, bad_rows, job.split_names, sources, plan)
     hasher.join()
 
     with atomic_dir(out_dir) as tmp:
-        mv_dest = _allocate(tmp, fmt, split_names, sizes, rows.split, pos, mv_lengths)
         recover_plan = _recovery_plan(fmt, counters, mv_counters, vocabs, mv_vocabs)
-        texts = _run_pass2(fmt, sources, rows, pos, mv_dest, recover_plan, tmp, workers,
-                       dict(base_state, vocabs=vocabs, mv_vocabs=mv_vocabs, out_dir=str(tmp)), opts)
+        texts = _write_columns(tmp, job, rows, pos, sizes, mv_lengths, vocabs, mv_vocabs, recover_plan)
         schema = _schema(fmt, format_name, plan, opts, sources, digests, vocabs, mv_vocabs, texts,
-                         bad_rows, examples, split_names)
-        write_schema(tmp, schema, dict(zip(split_names, sizes)))
+                         bad_rows, examples)
+        write_schema(tmp, schema, dict(zip(job.split_names, sizes)))
     return Path(out_dir)
+
+
+def encode_text(fmt: TextFormat, path: str | Path, out_dir: str | Path, opts: EngineOptions,
+                vocabs: list[IntVocab], mv_vocabs: list[IntVocab], schema: dict[str, Any],
+                split_name: str) -> Path:
+    """Encode every good row of one file, in file order, into the one split `split_name` of a new
+    prepared folder at `out_dir`, with the given vocabularies (no fitting: unseen keys -> OOV).
+
+    `schema` is the schema.json the vocabularies come from (a training folder's): the new folder's
+    schema is a copy with this file as its source, this run's report, and fmt's label (None when the
+    rows have none: labels.npy then holds the decoders' NaN). Bad rows: as in prepare_text.
+    """
+    job = _start(fmt, [(split_name, Path(path))], [split_name], opts)
+    hasher, digests = _sha256_thread([job.sources[0].path])
+    rows = _RowTable()
+    # the source is not "train": pass 1 counts nothing, it checks the rows and measures them
+    *_, mv_lengths, bad_rows, examples = _run_pass1(fmt, job.sources, rows, job.workers, job.state, opts,
+                                                    desc="checking rows")
+    _rows_by_file(rows)
+    plan = SplitPlan(by="files", files={split_name: job.sources[0].path})
+    sizes, pos = _positions(rows, bad_rows, job.split_names, job.sources, plan)
+    hasher.join()
+
+    with atomic_dir(out_dir) as tmp:
+        _write_columns(tmp, job, rows, pos, sizes, mv_lengths, vocabs, mv_vocabs, recover=[])
+        encoded = {**schema, "label": fmt.label,
+                   "options": {**schema["options"], "on_bad_row": opts.on_bad_row},
+                   "sources": _sources_json(job.sources, digests),
+                   "report": _report(fmt, bad_rows, examples)}
+        write_schema(tmp, encoded, {split_name: sizes[0]})
+    return Path(out_dir)
+
+
+def _rows_by_file(rows: _RowTable) -> None:
+    """One file per split: source s is split s, its rows in file order."""
+    rows.split = np.concatenate([np.full(sum(r), s, dtype=np.int8) for s, r in enumerate(rows.source_rows)])
+    rows.rank = np.concatenate([np.arange(sum(r), dtype=np.int64) for r in rows.source_rows])
+
+
+def _write_columns(tmp: Path, job: _Job, rows: _RowTable, pos: np.ndarray, sizes: list[int],
+                   mv_lengths: list[np.ndarray], vocabs: list[IntVocab], mv_vocabs: list[IntVocab],
+                   recover: list[tuple[bool, int, np.ndarray]]) -> list[list[str]]:
+    """Allocate every split's arrays in `tmp` and fill them (pass 2); returns the recovered texts."""
+    mv_dest = _allocate(tmp, job.fmt, job.split_names, sizes, rows.split, pos, mv_lengths)
+    state = dict(job.state, vocabs=vocabs, mv_vocabs=mv_vocabs, out_dir=str(tmp))
+    return _run_pass2(job.fmt, job.sources, rows, pos, mv_dest, recover, tmp, job.workers, state, job.opts)
 
 
 def _run_pass0(fmt: TextFormat, plan: SplitPlan, source: _Source, rows: _RowTable, workers: int,
@@ -608,7 +680,7 @@ def _run_pass0(fmt: TextFormat, plan: SplitPlan, source: _Source, rows: _RowTabl
 
 
 def _run_pass1(fmt: TextFormat, sources: list[_Source], rows: _RowTable, workers: int,
-           state: dict[str, Any], opts: EngineOptions):
+           state: dict[str, Any], opts: EngineOptions, desc: str = "counting values"):
     counters = [KeyCounter(track_first=f.codec == "str") for f in fmt.categorical]
     mv_counters = [KeyCounter(track_first=f.codec == "str") for f in fmt.multi_valued]
     mv_lengths: list[list[np.ndarray]] = [[] for _ in fmt.multi_valued]
@@ -634,7 +706,7 @@ def _run_pass1(fmt: TextFormat, sources: list[_Source], rows: _RowTable, workers
 
     total = sum(s.size for s in sources)
     line_base = {s.index: s.first_line for s in sources}
-    with _progress(opts, total, "counting values") as bar, _Runner(workers, state) as run:
+    with _progress(opts, total, desc) as bar, _Runner(workers, state) as run:
         for task, res in run.map(_count_chunk, tasks()):
             source = sources[task.source]
             if ratio and res.rows != rows.source_rows[0][task.chunk]:
@@ -769,8 +841,7 @@ def _run_pass2(fmt: TextFormat, sources: list[_Source], rows: _RowTable, pos: np
 
 def _schema(fmt: TextFormat, format_name: str, plan: SplitPlan, opts: EngineOptions, sources: list[_Source],
             digests: dict[Path, str], vocabs: list[IntVocab], mv_vocabs: list[IntVocab],
-            texts: list[list[str]], bad_rows: np.ndarray, examples: list[str],
-            split_names: list[str]) -> dict[str, Any]:
+            texts: list[list[str]], bad_rows: np.ndarray, examples: list[str]) -> dict[str, Any]:
     recovered = iter(texts)
 
     def entry(info: FieldInfo, vocab: IntVocab, kind: str) -> dict[str, Any]:
@@ -782,7 +853,6 @@ def _schema(fmt: TextFormat, format_name: str, plan: SplitPlan, opts: EngineOpti
     # recovery texts come in the order categorical str fields, then multi-valued str fields
     fields = [entry(f, v, "categorical") for f, v in zip(fmt.categorical, vocabs)]
     multi = [entry(f, v, "multi_valued") for f, v in zip(fmt.multi_valued, mv_vocabs)]
-    source_names = [s.split or "data" for s in sources]
     return {
         "fields": fields,
         "multi_valued_fields": multi,
@@ -791,7 +861,14 @@ def _schema(fmt: TextFormat, format_name: str, plan: SplitPlan, opts: EngineOpti
         "keep_columns": list(fmt.keep_columns),
         "options": {"format": format_name, **fmt.options(), "split": plan.to_json(),
                     "on_bad_row": opts.on_bad_row},
-        "sources": {name: {"path": str(s.path.resolve()), "sha256": digests[s.path]}
-                    for name, s in zip(source_names, sources)},
-        "report": {"skipped_rows": int(len(bad_rows)), "skipped_examples": examples, **fmt.report()},
+        "sources": _sources_json(sources, digests),
+        "report": _report(fmt, bad_rows, examples),
     }
+
+
+def _sources_json(sources: list[_Source], digests: dict[Path, str]) -> dict[str, Any]:
+    return {s.split or "data": {"path": str(s.path.resolve()), "sha256": digests[s.path]} for s in sources}
+
+
+def _report(fmt: TextFormat, bad_rows: np.ndarray, examples: list[str]) -> dict[str, Any]:
+    return {"skipped_rows": int(len(bad_rows)), "skipped_examples": examples, **fmt.report()}

@@ -12,7 +12,8 @@ Labels -1 and 0 read as 0, 1 as 1. Values must be 1 (binary features: ids, not w
 key is the feature index (codec int), so vocabularies and ids match those of a CSV of the same
 indices. With blocks, a field absent from a row is a missing value (a token of its own); a field
 given twice is a bad row. By position, every row lists exactly one feature per field. Separator:
-single spaces (repeated or trailing spaces are tolerated).
+single spaces (repeated or trailing spaces are tolerated). Rows to score may come without the label
+(`LibfmFormat(..., has_label=False)`, `predict --no-label`): then every token is a feature.
 """
 from __future__ import annotations
 
@@ -34,18 +35,19 @@ class LibfmFormat:
     """engine.TextFormat of libfm files."""
 
     has_header = False
-    label = "label"
     multi_valued: list[FieldInfo] = []
     group_field: Optional[str] = None
     keep_columns: list[str] = []
     time_column: Optional[str] = None
 
-    def __init__(self, fields: list[str], blocks: Optional[list[int]], min_count: int):
+    def __init__(self, fields: list[str], blocks: Optional[list[int]], min_count: int, has_label: bool = True):
+        """has_label=False: rows to score, features only (`idx:1 idx:1 ...`); labels come out NaN."""
         self.fields, self.blocks, self.min_count = fields, blocks, min_count
+        self.label = "label" if has_label else None
         self.categorical = [FieldInfo(name, "int", min_count) for name in fields]
 
     def decoder(self, path: Path, header: Optional[str]) -> LibfmDecoder:
-        return LibfmDecoder(self.fields, self.blocks)
+        return LibfmDecoder(self.fields, self.blocks, self.label is not None)
 
     def options(self) -> dict[str, Any]:
         return {"fields": self.fields, "blocks": self.blocks, "min_count": self.min_count}
@@ -55,8 +57,8 @@ class LibfmFormat:
 
 
 class LibfmDecoder:
-    def __init__(self, fields: list[str], blocks: Optional[list[int]]):
-        self.fields = fields
+    def __init__(self, fields: list[str], blocks: Optional[list[int]], has_label: bool = True):
+        self.fields, self.has_label = fields, has_label
         self.blocks = None if blocks is None else np.asarray(blocks, dtype=np.int64)
 
     def token_ends(self, multi_valued: bool, j: int) -> bytes:
@@ -74,14 +76,17 @@ class LibfmDecoder:
         def text(token: np.ndarray) -> Callable[[int], str]:
             return lambda r: chunk.text(int(lines.start[token[r]]), int(lines.length[token[r]]))
 
-        label_text = text(lines.first)
-        values, ok = parse_numbers(chunk, lines.start[lines.first], lines.length[lines.first])
-        check(~ok | ~np.isin(values, (-1, 0, 1)), lambda r: f"label {label_text(r)!r} is not -1, 0 or 1")
-        labels = (values == 1).astype(np.float32)
-
-        # every non-empty token after a line's first is a feature `index:value`
         token, owner = lines.fields()
-        feature = (token != lines.first[owner]) & (lines.length[token] > 0)
+        if self.has_label:
+            label_text = text(lines.first)
+            values, ok = parse_numbers(chunk, lines.start[lines.first], lines.length[lines.first])
+            check(~ok | ~np.isin(values, (-1, 0, 1)), lambda r: f"label {label_text(r)!r} is not -1, 0 or 1")
+            labels = (values == 1).astype(np.float32)
+            feature = token != lines.first[owner]   # every token after a line's first is a feature
+        else:  # rows to score: every token is a feature, the label is unknown
+            labels = np.full(n, np.nan, dtype=np.float32)
+            feature = np.ones(len(token), dtype=bool)
+        feature &= lines.length[token] > 0          # (repeated or trailing spaces)
         token, owner = token[feature], owner[feature]
         start, length = lines.start[token], lines.length[token]
         colon = np.flatnonzero(chunk.buf == ord(":"))

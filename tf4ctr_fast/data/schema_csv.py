@@ -92,6 +92,26 @@ class CsvLayout:
                 "columns": [{k: v for k, v in c.__dict__.items() if v is not None and v is not False}
                             for c in self.columns]}
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CsvLayout:
+        """The layout a prepared folder recorded (to_json). min_fields is not recorded: the Criteo
+        preset, the only one that sets it, is rebuilt by criteo.criteo_layout instead."""
+        columns = tuple(Column(**{**c, "boundaries": tuple(c["boundaries"])} if "boundaries" in c else c)
+                        for c in data["columns"])
+        return cls(columns=columns, delimiter=data["delimiter"], header=data["header"])
+
+    def without_label(self) -> CsvLayout:
+        """The layout of rows to score that lack the label column (the other columns in place)."""
+        at = next(i for i, c in enumerate(self.columns) if c.kind == "label")
+        shorter = self.min_fields is not None and at < self.min_fields
+        return CsvLayout(columns=self.columns[:at] + self.columns[at + 1:], delimiter=self.delimiter,
+                         header=self.header, min_fields=self.min_fields - 1 if shorter else self.min_fields)
+
+
+def header_names(header: str, delimiter: str) -> list[str]:
+    """The column names of a header line."""
+    return [name.strip() for name in header.split(delimiter)]
+
 
 def parse_layout(spec: Spec, where: str) -> CsvLayout:
     """Check a schema mapping; every error names the key."""
@@ -180,7 +200,8 @@ class CsvFormat:
             raise InputError(f"split by time: no column {time_column!r} of kind time in the schema")
         self.time_column = time_column
         self.has_header = layout.header
-        self.label = next(c.name for c in cols if c.kind == "label")
+        # None only for rows to score without labels (CsvLayout.without_label); prepare needs a label
+        self.label = next((c.name for c in cols if c.kind == "label"), None)
         self.single = [c for c in cols if c.kind in ("categorical", "numeric_bucket")]
         self.multi = [c for c in cols if c.kind == "multi_valued"]
         self.categorical = [self._info(c) for c in self.single]
@@ -196,8 +217,7 @@ class CsvFormat:
         cols = self.layout.columns
         if header is None:
             return CsvDecoder(self, list(range(len(cols))), len(cols))
-        names = header.split(self.layout.delimiter)
-        names = [n.strip() for n in names]
+        names = header_names(header, self.layout.delimiter)
         missing = [c.name for c in cols if c.name not in names]
         if missing:
             raise InputError(f"{path}:1: header has no column {missing[0]!r} (named in the schema); "
@@ -272,10 +292,13 @@ class CsvDecoder:
             quoted = (chunk.byte_at(start[k]) == ord('"')) & (length[k] > 0)
             check(quoted.any(axis=0), lambda r: "quoted fields are not supported (no field may contain the delimiter)")
 
-        k = column[self.label]
-        values, ok = parse_numbers(chunk, start[k], length[k])
-        check(~ok | ((values != 0) & (values != 1)), bad_token(self.label, "is not a label (0 or 1)"))
-        labels = values.astype(np.float32)
+        if self.label is None:  # rows to score: the label is unknown
+            labels = np.full(n, np.nan, dtype=np.float32)
+        else:
+            k = column[self.label]
+            values, ok = parse_numbers(chunk, start[k], length[k])
+            check(~ok | ((values != 0) & (values != 1)), bad_token(self.label, "is not a label (0 or 1)"))
+            labels = values.astype(np.float32)
 
         cat_keys = np.zeros((len(self.single), n), dtype=np.int64)
         for parser, js in self.groups:

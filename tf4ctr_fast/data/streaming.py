@@ -1,5 +1,5 @@
-"""Batches of a split larger than device memory, streamed from its memmapped columns; the rule that
-picks between this and the device-resident loader; batches as TorchRec KeyedJaggedTensors.
+"""Batches of a split larger than device memory, streamed from its memmapped columns, and the rule
+that picks between this and the device-resident loader.
 
 StreamingBatchLoader reads the split in chunks of whole batches (about 64 MB of ids). A background
 thread reads the next chunk from disk (the page cache), shuffles its rows, copies it to pinned memory
@@ -10,9 +10,9 @@ leaves over (less than a batch) go in front of the next one, so every batch but 
 full. A chunk-local shuffle mixes rows only within about 64 MB: prepare's ratio split writes rows
 already shuffled, so that is enough there; a split in file order (by files or time) is mixed less.
 
-Batches are (ids LongTensor [B, F], labels FloatTensor [B]) like DeviceBatchLoader's, plus, when the
-split has multi-valued fields, a third item: {field: (values LongTensor [nnz], offsets LongTensor
-[B + 1])}, which batch_to_kjt turns into a KeyedJaggedTensor.
+Batches are (x, labels FloatTensor [B]) like DeviceBatchLoader's: x is ids LongTensor [B, F], or,
+when the split has multi-valued fields, tf4ctr_fast.features.Features(ids, {field: (values LongTensor
+[nnz], offsets LongTensor [B + 1])}).
 """
 from __future__ import annotations
 
@@ -20,11 +20,12 @@ import os
 import queue
 import threading
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
 
+from ..features import Features, slice_bags
 from .loader import DeviceBatchLoader
 
 CHUNK_BYTES = 64 << 20
@@ -77,8 +78,8 @@ class _DeviceChunk:
 
     ids: torch.Tensor
     labels: torch.Tensor
-    multi_valued: list[tuple[torch.Tensor, torch.Tensor]]
-    value_bounds: list[np.ndarray]     # per field: host copy of the offsets, to slice without a sync
+    bags: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    bounds: dict[str, np.ndarray]      # per field: host copy of the offsets, to slice without a sync
     ready: Optional[torch.cuda.Event]
 
 
@@ -179,7 +180,7 @@ class StreamingBatchLoader:
         host = [torch.from_numpy(block.ids), torch.from_numpy(block.labels)]
         for values, offsets in block.multi_valued:
             host += [torch.from_numpy(values), torch.from_numpy(offsets)]
-        bounds = [offsets for _, offsets in block.multi_valued]
+        bounds = dict(zip(self.multi_valued_names, (offsets for _, offsets in block.multi_valued)))
         if stream is None:
             moved, event = [t.to(self.device) for t in host], None
         else:
@@ -188,8 +189,8 @@ class StreamingBatchLoader:
                 moved = [t.pin_memory().to(self.device, non_blocking=True) for t in host]
             event = torch.cuda.Event()
             event.record(stream)
-        pairs = [(moved[i], moved[i + 1]) for i in range(2, len(moved), 2)]
-        return _DeviceChunk(moved[0], moved[1], pairs, bounds, event)
+        bags = {name: (moved[i], moved[i + 1]) for name, i in zip(self.multi_valued_names, range(2, len(moved), 2))}
+        return _DeviceChunk(moved[0], moved[1], bags, bounds, event)
 
     # -- consumer side --------------------------------------------------------------------------
 
@@ -197,25 +198,27 @@ class StreamingBatchLoader:
         if chunk.ready is not None:
             current = torch.cuda.current_stream(self.device)
             current.wait_event(chunk.ready)
-            for t in (chunk.ids, chunk.labels, *[x for pair in chunk.multi_valued for x in pair]):
+            for t in (chunk.ids, chunk.labels, *[x for pair in chunk.bags.values() for x in pair]):
                 t.record_stream(current)  # allocated on the side stream, used on this one
         b = self.batch_size
         for lo in range(0, len(chunk.labels), b):
             hi = min(lo + b, len(chunk.labels))
             ids, labels = chunk.ids[lo:hi].long(), chunk.labels[lo:hi]
-            if not self.multi_valued_names:
+            if not chunk.bags:
                 yield ids, labels
                 continue
-            jagged = {}
-            for name, (values, offsets), bounds in zip(self.multi_valued_names, chunk.multi_valued, chunk.value_bounds):
-                first, last = int(bounds[lo]), int(bounds[hi])
-                jagged[name] = (values[first:last].long(), offsets[lo:hi + 1] - first)
-            yield ids, labels, jagged
+            bags = slice_bags(chunk.bags, chunk.bounds, lo, hi)
+            yield Features(ids, {name: (v.long(), o) for name, (v, o) in bags.items()}), labels
 
 
 def split_bytes(split: Any) -> int:
-    """Bytes that a device-resident copy of the split's ids and labels takes."""
-    return int(np.prod(split.ids.shape)) * 4 + int(len(split.labels)) * 4
+    """Bytes that a device-resident copy of the split takes: ids and labels (4 bytes a value), and per
+    multi-valued field its values (4 bytes) and offsets (8 bytes), counted twice for the epoch's
+    permuted copy (DeviceBatchLoader shuffles them on the device)."""
+    total = int(np.prod(split.ids.shape)) * 4 + int(len(split.labels)) * 4
+    for values, offsets in (getattr(split, "multi_valued", None) or {}).values():
+        total += 2 * (int(len(values)) * 4 + int(len(offsets)) * 8)
+    return total
 
 
 def free_device_bytes(device: torch.device) -> int:
@@ -232,39 +235,26 @@ def free_device_bytes(device: torch.device) -> int:
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
 
 
-def choose_loader(split: Any, device: str | torch.device, batch_size: int, shuffle: bool = False,
-                  seed: int = 0, budget_bytes: Optional[int] = None, **streaming: Any):
-    """DeviceBatchLoader when the split fits, else StreamingBatchLoader.
+LOADERS = ("auto", "device", "streaming")
 
-    The rule: the split is kept on the device when it has no multi-valued fields and its ids and
-    labels (int32 / float32: 4 bytes each per row and field) take at most `budget_bytes`, by default
-    half of the free device memory (CUDA: cudaMemGetInfo; CPU: MemAvailable), leaving the other half
-    to the model, its optimizer state, activations and the other splits. Criteo Kaggle's 45M x 39 ids
-    (7 GB) stay on an 80 GB GPU; the same data streams on a 16 GB one.
+
+def choose_loader(split: Any, device: str | torch.device, batch_size: int, shuffle: bool = False,
+                  seed: int = 0, budget_bytes: Optional[int] = None, kind: str = "auto", **streaming: Any):
+    """DeviceBatchLoader when the split fits, else StreamingBatchLoader (kind "device" / "streaming"
+    forces one).
+
+    The rule: the split is kept on the device when split_bytes(split) is at most `budget_bytes`, by
+    default half of the free device memory (CUDA: cudaMemGetInfo; CPU: MemAvailable), leaving the
+    other half to the model, its optimizer state, activations and the other splits. Criteo Kaggle's
+    45M x 39 ids (7 GB) stay on an 80 GB GPU; the same data streams on a 16 GB one.
     """
+    if kind not in LOADERS:
+        raise ValueError(f"loader kind {kind!r} is not one of {', '.join(LOADERS)}")
     device = torch.device(device)
-    if budget_bytes is None:
-        budget_bytes = int(free_device_bytes(device) * DEVICE_MEMORY_SHARE)
-    if not getattr(split, "multi_valued", None) and split_bytes(split) <= budget_bytes:
+    if kind == "auto":
+        if budget_bytes is None:
+            budget_bytes = int(free_device_bytes(device) * DEVICE_MEMORY_SHARE)
+        kind = "device" if split_bytes(split) <= budget_bytes else "streaming"
+    if kind == "device":
         return DeviceBatchLoader(split, batch_size, device, shuffle=shuffle, seed=seed)
     return StreamingBatchLoader(split, batch_size, device, shuffle=shuffle, seed=seed, **streaming)
-
-
-def batch_to_kjt(ids: torch.Tensor, field_names: Sequence[str],
-                 jagged: Optional[dict[str, tuple[torch.Tensor, torch.Tensor]]] = None):
-    """A batch as a TorchRec KeyedJaggedTensor: one key per single-valued field (ids [B, F], one value
-    per bag, padding 0 as an empty bag), then one key per multi-valued field (values, offsets [B + 1]).
-    """
-    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
-
-    from ..embedding.features import ids_to_kjt
-
-    single = ids_to_kjt(ids, field_names)
-    if not jagged:
-        return single
-    names = list(jagged)
-    values = torch.cat([jagged[n][0] for n in names])
-    lengths = torch.cat([jagged[n][1][1:] - jagged[n][1][:-1] for n in names]).to(torch.int32)
-    multi = KeyedJaggedTensor(keys=names, values=values.to(single.values().dtype), lengths=lengths,
-                              stride=ids.shape[0])
-    return KeyedJaggedTensor.concat([single, multi])

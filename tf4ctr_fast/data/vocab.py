@@ -114,8 +114,9 @@ def from_json(codec: str, vocab: dict[str, int], where: str) -> IntVocab:
         raise InputError(f"{where}: vocabulary entry is not valid for codec {codec!r}") from None
     ids = np.array([i for i, _ in pairs], dtype=np.int64)
     known = np.array([k for _, k in pairs], dtype=np.int64)
+    # (compared, not np.diff: the difference from MISSING, int64's minimum, overflows)
     if not (np.array_equal(ids, np.arange(FIRST_KNOWN_ID, FIRST_KNOWN_ID + len(ids)))
-            and np.all(np.diff(known) > 0)):
+            and np.all(known[1:] > known[:-1])):
         raise InputError(f"{where}: vocabulary ids are not 2.. in ascending key order")
     return IntVocab(known)
 

@@ -1,5 +1,5 @@
-"""Input side of the SER tables: ids -> KeyedJaggedTensor, bounds checks, padding, and the extra
-bags that carry the batch regularizer through the fused lookup.
+"""Input side of the SER tables: ids or Features -> KeyedJaggedTensor, bounds checks, padding, and
+the extra bags that carry the batch regularizer through the fused lookup.
 
 Layout of every KJT here: one key per field (in schema order), `stride` bags per key, values grouped
 by key. Padding (id 0) is dropped rather than looked up: an empty bag pools to zero and receives no
@@ -8,7 +8,7 @@ otherwise read and update row 0.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -65,6 +65,19 @@ def ids_to_kjt(ids: Tensor, field_names: Sequence[str]) -> KeyedJaggedTensor:
     by_field = ids.t()
     present = by_field != PADDING_ID
     return _kjt(field_names, by_field[present], present.reshape(-1), stride=ids.shape[0])
+
+
+def features_to_kjt(ids: Tensor, field_names: Sequence[str],
+                    bags: Optional[dict[str, tuple[Tensor, Tensor]]] = None) -> KeyedJaggedTensor:
+    """A batch (tf4ctr_fast.features) as one KJT: a key per single-valued field (ids [B, F], padding as
+    an empty bag), then a key per multi-valued field, its bags as they are (values, offsets [B + 1])."""
+    single = ids_to_kjt(ids, field_names)
+    if not bags:
+        return single
+    names = list(bags)
+    values = torch.cat([bags[n][0] for n in names]).to(single.values().dtype)
+    lengths = torch.cat([torch.diff(bags[n][1]) for n in names])
+    return KeyedJaggedTensor.concat([single, _kjt(names, values, lengths, stride=ids.shape[0])])
 
 
 def drop_padding(kjt: KeyedJaggedTensor) -> KeyedJaggedTensor:

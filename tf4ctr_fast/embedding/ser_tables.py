@@ -36,7 +36,8 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 from ..errors import InputError
 from ..reference.layers import init_embedding_table_
 from ..reference.ssem import SSEM
-from .features import append_unique_row_bags, check_ids, check_kjt, drop_padding, ids_to_kjt
+from ..features import ModelInput, check_bags, split_input
+from .features import append_unique_row_bags, check_ids, check_kjt, drop_padding, features_to_kjt, ids_to_kjt
 
 OPTIMIZERS = ("rowwise_adagrad", "sgd", "adam")
 POOLINGS = ("sum", "mean")
@@ -108,7 +109,9 @@ class SERTablesConfig:
 
 
 class SERTables(SSEM):
-    """forward(ids [B, F] LongTensor | KeyedJaggedTensor) -> (e_s [B, F*d/2], e_c [B, F*d]).
+    """forward(ids [B, F] | Features(ids, bags) | KeyedJaggedTensor) -> (e_s [B, F*d/2], e_c [B, F*d]).
+
+    With Features, ids [B, S] are the first S of cfg.field_names and the bags the rest (any order).
 
     `regularization()` returns the batch regularizer of the last forward run with grad enabled (zero
     otherwise); add it to the loss before backward, like the reference's whole-table term.
@@ -141,15 +144,20 @@ class SERTables(SSEM):
         self._has_mean = bool(mean.any())
         self._reg: Optional[Tensor] = None
 
-    def to_kjt(self, features: Union[Tensor, KeyedJaggedTensor]) -> KeyedJaggedTensor:
+    def to_kjt(self, features: Union[ModelInput, KeyedJaggedTensor]) -> KeyedJaggedTensor:
         """Checked KJT in field order without padding ids (InputError names any out-of-range id)."""
         names = self.cfg.field_names
         if isinstance(features, KeyedJaggedTensor):
             return drop_padding(check_kjt(features, names, self._bounds))
-        check_ids(features, names, self._bounds)
-        return ids_to_kjt(features, names)
+        ids, bags = split_input(features)
+        num_single = len(names) - len(bags)
+        check_ids(ids, names[:num_single], self._bounds[:num_single])
+        if not bags:
+            return ids_to_kjt(ids, names)
+        check_bags(bags, names[num_single:], ids.shape[0])
+        return drop_padding(check_kjt(features_to_kjt(ids, names[:num_single], bags), names, self._bounds))
 
-    def forward(self, features: Union[Tensor, KeyedJaggedTensor]) -> tuple[Tensor, Tensor]:
+    def forward(self, features: Union[ModelInput, KeyedJaggedTensor]) -> tuple[Tensor, Tensor]:
         kjt = self.to_kjt(features)
         batch = kjt.stride()
         with_reg = self.emb_reg > 0 and torch.is_grad_enabled()

@@ -8,6 +8,8 @@ from typing import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..features import BagField, ModelInput, check_bags, split_input
+
 PADDING_ID = 0
 EMBEDDING_INIT_STD = 1e-4
 
@@ -55,24 +57,33 @@ def init_embedding_table_(weight: Tensor) -> None:
 
 
 class FieldEmbeddings(nn.Module):
-    """One table per field; ids [B, F] -> the field embeddings side by side, [B, F * dim]."""
+    """One table per field: ids [B, F] (or Features with bags of the multi-valued fields) -> the field
+    embeddings side by side, [B, (F + M) * dim], single-valued fields first, then each multi-valued
+    field's pooled bag (tf4ctr_fast.features)."""
 
-    def __init__(self, vocab_sizes: Sequence[int], dim: int):
+    def __init__(self, vocab_sizes: Sequence[int], dim: int, bag_fields: Sequence[BagField] = ()):
         super().__init__()
         self.tables = nn.ModuleList(nn.Embedding(v, dim, padding_idx=PADDING_ID) for v in vocab_sizes)
-        for table in self.tables:
+        # include_last_offset: the loaders' offsets are [B + 1], row i = values[offsets[i]:offsets[i + 1]].
+        self.bags = nn.ModuleList(nn.EmbeddingBag(f.vocab_size, dim, mode=f.pooling, padding_idx=PADDING_ID,
+                                                  include_last_offset=True) for f in bag_fields)
+        for table in [*self.tables, *self.bags]:
             init_embedding_table_(table.weight)
+        self.bag_fields = list(bag_fields)
         self.num_fields = len(vocab_sizes)
         self.dim = dim
-        self.output_dim = self.num_fields * dim
+        self.output_dim = (self.num_fields + len(self.bag_fields)) * dim
 
-    def forward(self, ids: Tensor) -> Tensor:
+    def forward(self, x: ModelInput) -> Tensor:
+        ids, bags = split_input(x)
         if ids.dim() != 2 or ids.shape[1] != self.num_fields:
             raise ValueError(f"ids must be [batch, {self.num_fields}], got {list(ids.shape)}")
-        return torch.cat([table(ids[:, f]) for f, table in enumerate(self.tables)], dim=-1)
+        check_bags(bags, [f.name for f in self.bag_fields], ids.shape[0])
+        pooled = [table(*bags[f.name]) for f, table in zip(self.bag_fields, self.bags)]
+        return torch.cat([table(ids[:, f]) for f, table in enumerate(self.tables)] + pooled, dim=-1)
 
     def weights(self) -> list[nn.Parameter]:
-        return [table.weight for table in self.tables]
+        return [table.weight for table in [*self.tables, *self.bags]]
 
 
 def embedding_l2(tables: Iterable[Tensor], emb_reg: float) -> Tensor:

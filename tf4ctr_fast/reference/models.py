@@ -1,8 +1,10 @@
 """Reference models behind the model contract of docs/ARCHITECTURE.md: TF4CTR (TF4CTRv2), DualMLP, DNN.
 
-    model = build_model(model_cfg, vocab_sizes)
-    model(ids)             -> {"logit" [B]} (+ "z_s", "z_c" for twin models)
-    model.loss(ids, y)     -> {"loss": CTR loss (+ Twin Focus loss), "logit"}; no regularizer
+    model = build_model(model_cfg, vocab_sizes, bag_fields)
+    model(x)               -> {"logit" [B]} (+ "z_s", "z_c" for twin models)
+    model.loss(x, y)       -> {"loss": CTR loss (+ Twin Focus loss), "logit"}; no regularizer
+where x is ids [B, F], or tf4ctr_fast.features.Features(ids, bags) when the model has multi-valued
+fields (bag_fields)
     model.regularization() -> (emb_reg / 2) * sum of squared norms of all embedding tables
 """
 from __future__ import annotations
@@ -13,6 +15,7 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig
 from ..errors import InputError
+from ..features import BagField, ModelInput
 from .dfm import build_dfm
 from .layers import FieldEmbeddings, MLPBlock, embedding_l2, xavier_linear
 from .loss import logloss, total_loss
@@ -42,9 +45,10 @@ class TwinModel(nn.Module):
     same network with shared embeddings, z = z_s + z_c and plain BCE.
     """
 
-    def __init__(self, cfg: ModelConfig, vocab_sizes: Sequence[int], ssem: str, dfm: str, twin_focus: bool):
+    def __init__(self, cfg: ModelConfig, vocab_sizes: Sequence[int], ssem: str, dfm: str, twin_focus: bool,
+                 bag_fields: Sequence[BagField] = ()):
         super().__init__()
-        self.ssem = build_ssem(ssem, vocab_sizes, cfg.embedding_dim, cfg.batch_norm, cfg.net_dropout)
+        self.ssem = build_ssem(ssem, vocab_sizes, cfg.embedding_dim, cfg.batch_norm, cfg.net_dropout, bag_fields)
         self.mlp_s = MLPBlock(self.ssem.simple_dim, cfg.mlp_s_hidden, cfg.batch_norm, cfg.net_dropout)
         self.mlp_c = MLPBlock(self.ssem.complex_dim, cfg.mlp_c_hidden, cfg.batch_norm, cfg.net_dropout)
         self.head_s = xavier_linear(self.mlp_s.output_dim, 1)
@@ -55,8 +59,8 @@ class TwinModel(nn.Module):
         self.emb_reg = cfg.emb_reg
         self.fused_head = cfg.head == "fused"
 
-    def encode(self, ids: Tensor) -> tuple[Tensor, Tensor]:
-        e_s, e_c = self.ssem(ids)
+    def encode(self, x: ModelInput) -> tuple[Tensor, Tensor]:
+        e_s, e_c = self.ssem(x)
         return self.mlp_s(e_s), self.mlp_c(e_c)
 
     def head(self, h_s: Tensor, h_c: Tensor, y: Optional[Tensor] = None) -> dict[str, Tensor]:
@@ -70,11 +74,11 @@ class TwinModel(nn.Module):
         return reference_head(h_s, h_c, self.head_s, self.head_c, self.dfm, y,
                               self.alpha, self.c, self.gamma, twin_focus=self.twin_focus)
 
-    def forward(self, ids: Tensor) -> dict[str, Tensor]:
-        return self.head(*self.encode(ids))
+    def forward(self, x: ModelInput) -> dict[str, Tensor]:
+        return self.head(*self.encode(x))
 
-    def loss(self, ids: Tensor, y: Tensor) -> dict[str, Tensor]:
-        out = self.head(*self.encode(ids), y=y)
+    def loss(self, x: ModelInput, y: Tensor) -> dict[str, Tensor]:
+        out = self.head(*self.encode(x), y=y)
         return {"loss": out["loss"], "logit": out["logit"]}
 
     def regularization(self) -> Tensor:
@@ -84,18 +88,18 @@ class TwinModel(nn.Module):
 class DNN(nn.Module):
     """Embeddings -> MLP -> Linear(1), plain BCE."""
 
-    def __init__(self, cfg: ModelConfig, vocab_sizes: Sequence[int]):
+    def __init__(self, cfg: ModelConfig, vocab_sizes: Sequence[int], bag_fields: Sequence[BagField] = ()):
         super().__init__()
-        self.embedding = FieldEmbeddings(vocab_sizes, cfg.embedding_dim)
+        self.embedding = FieldEmbeddings(vocab_sizes, cfg.embedding_dim, bag_fields)
         self.mlp = MLPBlock(self.embedding.output_dim, cfg.dnn_hidden, cfg.batch_norm, cfg.net_dropout)
         self.out = xavier_linear(self.mlp.output_dim, 1)
         self.emb_reg = cfg.emb_reg
 
-    def forward(self, ids: Tensor) -> dict[str, Tensor]:
-        return {"logit": self.out(self.mlp(self.embedding(ids))).squeeze(-1)}
+    def forward(self, x: ModelInput) -> dict[str, Tensor]:
+        return {"logit": self.out(self.mlp(self.embedding(x))).squeeze(-1)}
 
-    def loss(self, ids: Tensor, y: Tensor) -> dict[str, Tensor]:
-        logit = self(ids)["logit"]
+    def loss(self, x: ModelInput, y: Tensor) -> dict[str, Tensor]:
+        logit = self(x)["logit"]
         return {"loss": logloss(logit, y), "logit": logit}
 
     def regularization(self) -> Tensor:
@@ -122,16 +126,17 @@ def check_model_config(cfg: ModelConfig) -> None:
     require(cfg.head in HEAD_NAMES, "head", f"must be one of {', '.join(HEAD_NAMES)}")
 
 
-def build_model(model_cfg: ModelConfig, vocab_sizes: list[int]) -> nn.Module:
+def build_model(model_cfg: ModelConfig, vocab_sizes: list[int], bag_fields: Sequence[BagField] = ()) -> nn.Module:
     """The model named by model_cfg.name over fields with these vocabulary sizes, on plain nn.Embedding
     tables. model.head picks the twin models' head: "reference" (op by op) or "fused" (one op; DNN has
-    no twin head). DualMLP ignores model.ssem / model.dfm (shared embeddings + sum fusion by definition)."""
+    no twin head). DualMLP ignores model.ssem / model.dfm (shared embeddings + sum fusion by definition).
+    bag_fields: the multi-valued fields, pooled by nn.EmbeddingBag after the single-valued ones."""
     check_model_config(model_cfg)
     name = model_cfg.name
     if name == "TF4CTR":
-        return TwinModel(model_cfg, vocab_sizes, model_cfg.ssem, model_cfg.dfm, twin_focus=True)
+        return TwinModel(model_cfg, vocab_sizes, model_cfg.ssem, model_cfg.dfm, twin_focus=True, bag_fields=bag_fields)
     if name == "DualMLP":
-        return TwinModel(model_cfg, vocab_sizes, "share", "sum", twin_focus=False)
+        return TwinModel(model_cfg, vocab_sizes, "share", "sum", twin_focus=False, bag_fields=bag_fields)
     if name == "DNN":
-        return DNN(model_cfg, vocab_sizes)
+        return DNN(model_cfg, vocab_sizes, bag_fields)
     raise InputError(f"config key 'model.name': unknown model {name!r} (known: {', '.join(MODEL_NAMES)})")

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..config import RunConfig
 from ..errors import InputError
+from ..features import BagField, bag_fields_of
 from ..io_utils import atomic_file
 from .runlog import to_jsonable
 
@@ -26,8 +27,11 @@ BACKENDS = ("reference", "torchrec")
 
 
 def _build_model(cfg: RunConfig, field_names: Sequence[str], vocab_sizes: Sequence[int],
-                 device: Optional[torch.device] = None, fused: bool = True) -> nn.Module:
+                 device: Optional[torch.device] = None, fused: bool = True,
+                 bag_fields: Sequence[BagField] = ()) -> nn.Module:
     """The one place a run's model is built from its config: training, checkpoint loading, each rank.
+    field_names / vocab_sizes: the single-valued fields; bag_fields: the multi-valued ones
+    (features.bag_fields_of(schema)).
 
     fused=False gives the torchrec backend plain (unfused) tables: what distributed.shard_model shards
     and fuses, and what inference uses (it needs no optimizer, so a checkpoint of any sparse optimizer
@@ -40,11 +44,12 @@ def _build_model(cfg: RunConfig, field_names: Sequence[str], vocab_sizes: Sequen
         tc = cfg.train
         return build_engine_model(cfg.model, list(vocab_sizes), backend="torchrec", field_names=list(field_names),
                                   sparse_optimizer=tc.sparse_optimizer, sparse_lr=tc.sparse_lr,
-                                  sparse_eps=tc.sparse_eps, device=device, sharded=not fused)
+                                  sparse_eps=tc.sparse_eps, bag_fields=bag_fields, device=device,
+                                  sharded=not fused)
     if backend != "reference":
         raise InputError(f"config key 'model.backend': {backend!r} is not one of {', '.join(BACKENDS)}")
     from ..reference.models import build_model
-    return build_model(cfg.model, list(vocab_sizes)).to(device)
+    return build_model(cfg.model, list(vocab_sizes), bag_fields).to(device)
 
 
 def sparse_optimizer_of(model: nn.Module) -> Optional[Any]:
@@ -134,7 +139,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"
     schema = payload["schema"]
     fields = schema["fields"]
     model = _build_model(cfg, [f["name"] for f in fields], [int(f["vocab_size"]) for f in fields],
-                         torch.device(device), fused=False)
+                         torch.device(device), fused=False, bag_fields=bag_fields_of(schema))
     _load_state(path, model, payload)
     model.eval()
     return model, cfg, schema

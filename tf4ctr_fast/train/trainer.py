@@ -1,6 +1,6 @@
 """The training loop, following FuxiCTR's protocol exactly (REFERENCE.md "Training protocol").
 
-Per batch: loss = model.loss(ids, y)["loss"] + model.regularization(); backward; clip the global
+Per batch: loss = model.loss(x, y)["loss"] + model.regularization(); backward; clip the global
 gradient norm; Adam step. Per epoch: evaluate valid; an epoch whose monitor does not reach
 best + 1e-6 multiplies the lr by lr_decay (floor min_lr) and counts toward patience, an improving
 one resets the count and saves the best checkpoint. At the end the best weights are reloaded and
@@ -19,13 +19,16 @@ One loop (`_fit`) serves both ways of running:
   rank takes its slice of each batch, and rank 0 evaluates, logs and checkpoints an unsharded copy
   gathered from the shards (`_Sharded`).
 
+Batches come from data.streaming.choose_loader (train.loader): the whole split on the device when it
+fits, else streamed; x is ids [B, F], or features.Features(ids, bags) when the dataset has
+multi-valued fields.
+
 Output folder (cfg.resolved_out_dir()): log.jsonl, best.pt, learning_curves.png, difficulty.png,
 results.json (written last: its presence marks a finished run).
 """
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import itertools
 import json
 import logging
@@ -43,8 +46,9 @@ from torch import nn
 from tqdm import tqdm
 
 from ..config import RunConfig
-from ..data.loader import DeviceBatchLoader
+from ..data.streaming import LOADERS, choose_loader
 from ..errors import InputError
+from ..features import ModelInput, bag_fields_of, rows_of
 from ..io_utils import atomic_file
 from . import plots
 from .checkpoint import _build_model, restore_weights, save_checkpoint, sparse_optimizer_of
@@ -131,12 +135,12 @@ def _group_of(split: Any, name: str) -> np.ndarray:
 
 
 @torch.no_grad()
-def _predict(model: nn.Module, loader: DeviceBatchLoader) -> np.ndarray:
+def _predict(model: nn.Module, loader: Any) -> np.ndarray:
     """sigmoid(logit) for every row in loader order, in eval mode; one device->host copy at the end."""
     was_training = model.training
     model.eval()
     try:
-        probs = [torch.sigmoid(model(ids)["logit"].float()) for ids, _ in loader]
+        probs = [torch.sigmoid(model(x)["logit"].float()) for x, _ in loader]
     finally:
         model.train(was_training)
     if not probs:
@@ -150,20 +154,21 @@ class _IdsOnly:
     labels: np.ndarray      # placeholder: the loader always yields labels
 
 
-def predict_proba(model: nn.Module, data: Any, batch_size: int,
-                  device: str | torch.device = "cpu") -> np.ndarray:
-    """Click probabilities for a split (anything with .ids) or an int ids array [N, F]."""
+def predict_proba(model: nn.Module, data: Any, batch_size: int, device: str | torch.device = "cpu",
+                  loader: str = "auto") -> np.ndarray:
+    """Click probabilities for a split (anything with .ids, .labels, optionally .multi_valued) or an
+    int ids array [N, F]. loader: see train.loader."""
     if not hasattr(data, "ids"):
         ids = np.asarray(data)
         data = _IdsOnly(ids, np.zeros(len(ids), dtype=np.float32))
-    return _predict(model, DeviceBatchLoader(data, batch_size, device))
+    return _predict(model, choose_loader(data, device, batch_size, kind=loader))
 
 
 def evaluate(model: nn.Module, split: Any, batch_size: int, device: str | torch.device = "cpu",
-             with_group: bool = False, name: str = "eval") -> dict[str, Any]:
+             with_group: bool = False, name: str = "eval", loader: str = "auto") -> dict[str, Any]:
     """{"auc", "gauc" (with_group), "logloss", "n"} of the model on one split."""
     group = _group_of(split, name) if with_group else None
-    p = _predict(model, DeviceBatchLoader(split, batch_size, device))
+    p = predict_proba(model, split, batch_size, device, loader)
     return _metrics(np.asarray(split.labels), p, group)
 
 
@@ -177,6 +182,8 @@ def _check_config(cfg: RunConfig, data: Any, device: torch.device) -> None:
     for key in ("batch_size", "eval_batch_size", "epochs", "nproc"):
         if getattr(tc, key) < 1:
             raise InputError(f"config key 'train.{key}': must be >= 1, got {getattr(tc, key)}")
+    if tc.loader not in LOADERS:
+        raise InputError(f"config key 'train.loader': {tc.loader!r} is not one of {', '.join(LOADERS)}")
     if tc.max_steps_per_epoch is not None and tc.max_steps_per_epoch < 1:
         raise InputError(f"config key 'train.max_steps_per_epoch': must be >= 1 or null, "
                          f"got {tc.max_steps_per_epoch}")
@@ -259,8 +266,8 @@ class _Local:
     def train_mode(self) -> None:
         self.main_model.train()
 
-    def loss(self, ids: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.main_model.loss(ids, y)["loss"] + self.main_model.regularization()
+    def loss(self, x: ModelInput, y: torch.Tensor) -> torch.Tensor:
+        return self.main_model.loss(x, y)["loss"] + self.main_model.regularization()
 
     def mean_over_ranks(self, value: torch.Tensor) -> torch.Tensor:
         """The mean of `value` over the ranks (here: one)."""
@@ -290,11 +297,12 @@ class _Sharded:
     def train_mode(self) -> None:
         self.dmp.train()
 
-    def loss(self, ids: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        # Every rank iterates the same global batches (same loader seed) and takes its slice. Call the
-        # wrapper, not dmp.module.loss: DDP averages the gradients only of what runs through its forward.
-        mine = slice(self.rank, None, self.world)
-        return self.dmp(ids[mine], y[mine])["loss"] + self.dmp.module.regularization()
+    def loss(self, x: ModelInput, y: torch.Tensor) -> torch.Tensor:
+        # Every rank iterates the same global batches (same loader seed) and takes its contiguous
+        # slice. Call the wrapper, not dmp.module.loss: DDP averages the gradients only of what runs
+        # through its forward.
+        lo, hi = (len(y) * r // self.world for r in (self.rank, self.rank + 1))
+        return self.dmp(rows_of(x, lo, hi), y[lo:hi])["loss"] + self.dmp.module.regularization()
 
     def mean_over_ranks(self, value: torch.Tensor) -> torch.Tensor:
         value = value.clone()
@@ -313,7 +321,7 @@ class _Sharded:
             self.main_model.load_state_dict(state)
 
 
-def _train_epoch(replica: _Local | _Sharded, optimizer: torch.optim.Optimizer, loader: DeviceBatchLoader,
+def _train_epoch(replica: _Local | _Sharded, optimizer: torch.optim.Optimizer, loader: Any,
                  cfg: RunConfig, epoch: int) -> dict[str, Any]:
     """One pass over the training batches (capped by max_steps_per_epoch); loss stays on the device.
     train_loss is the mean over steps (and ranks) of the step loss; samples count whole batches."""
@@ -327,13 +335,13 @@ def _train_epoch(replica: _Local | _Sharded, optimizer: torch.optim.Optimizer, l
     steps = samples = 0
     _sync(loader.device)
     start = time.perf_counter()
-    for ids, y in bar:
+    for x, y in bar:
         if y.shape[0] < replica.world:
             # Only a last partial batch can be this small: a rank would get no rows, yet every rank
             # must join each step's collectives.
             continue
         optimizer.zero_grad()
-        loss = replica.loss(ids, y)
+        loss = replica.loss(x, y)
         loss.backward()                 # fused tables take their sparse optimizer step in here
         nn.utils.clip_grad_norm_(replica.dense_params, tc.clip_norm)
         optimizer.step()
@@ -377,19 +385,12 @@ def train(cfg: RunConfig, data: Any, model: Optional[nn.Module] = None) -> dict[
     if tc.nproc > 1:
         if model is not None:
             raise ValueError("train(model=...) runs in one process; leave train.nproc at 1")
-        if cfg.model.head == "fused":
-            # Known issue: under DistributedModelParallel the fused head trains markedly worse than the
-            # reference head on tests/test_train_distributed.py (test AUC 0.58 vs > 0.6), cause not yet
-            # found. Until it is, sharded runs use the reference head; the run log records the switch.
-            logger.warning("train.nproc > 1: using model.head=reference (the fused head is not yet "
-                           "validated under DistributedModelParallel)")
-            cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, head="reference"))
         return _train_multiprocess(cfg, data)
     seed_everything(tc.seed)
     if tc.num_threads > 0:
         torch.set_num_threads(tc.num_threads)
     if model is None:
-        model = _build_model(cfg, data.field_names, data.vocab_sizes, device)
+        model = _build_model(cfg, data.field_names, data.vocab_sizes, device, bag_fields=bag_fields_of(data.schema))
     model.to(device)
     return _fit(cfg, data, _Local(model), device)
 
@@ -425,12 +426,13 @@ def train_distributed_rank(cfg: RunConfig, data: Any, log_level: int = logging.I
     tc = cfg.train
     if tc.num_threads > 0:
         torch.set_num_threads(tc.num_threads)       # per process (launch splits the default otherwise)
-    names, vocab_sizes = list(data.field_names), list(data.vocab_sizes)
+    fields = (list(data.field_names), list(data.vocab_sizes), device)
+    bags = bag_fields_of(data.schema)
     # Rank 0's unsharded copy for evaluation and checkpoints, built before seeding so that every rank
     # then draws the same random numbers.
-    copy = _build_model(cfg, names, vocab_sizes, device, fused=False) if rank == 0 else None
+    copy = _build_model(cfg, *fields, fused=False, bag_fields=bags) if rank == 0 else None
     seed_everything(tc.seed)        # the same seed everywhere: the same initial weights on every rank
-    model = _build_model(cfg, names, vocab_sizes, device, fused=False)   # shard_model fuses the shards
+    model = _build_model(cfg, *fields, fused=False, bag_fields=bags)   # shard_model fuses the shards
     dmp = shard_model(model, tc.sharding, device)
     _fit(cfg, data, _Sharded(dmp, copy, rank, world, device), device)
 
@@ -443,7 +445,7 @@ def _fit(cfg: RunConfig, data: Any, replica: _Local | _Sharded, device: torch.de
     tc = cfg.train
     main = replica.is_main
     splits = {name: data.split(name) for name in ("train", "valid", "test") if data.has_split(name)}
-    train_loader = DeviceBatchLoader(splits["train"], tc.batch_size, device, shuffle=True, seed=tc.seed)
+    train_loader = choose_loader(splits["train"], device, tc.batch_size, shuffle=True, seed=tc.seed, kind=tc.loader)
     optimizer = torch.optim.Adam(replica.dense_params, lr=tc.lr)
     sparse = replica.sparse_optimizer
     plateau = Plateau(patience=tc.patience)
@@ -454,7 +456,7 @@ def _fit(cfg: RunConfig, data: Any, replica: _Local | _Sharded, device: torch.de
         valid = splits["valid"]
         valid_y = np.asarray(valid.labels)
         valid_group = _group_of(valid, "valid") if data.group_field else None
-        valid_loader = DeviceBatchLoader(valid, tc.eval_batch_size, device)
+        valid_loader = choose_loader(valid, device, tc.eval_batch_size, kind=tc.loader)
         out_dir.mkdir(parents=True, exist_ok=True)
         # A previous run's artifacts would pass for this run's if it stops early.
         for name in (RESULTS_NAME, CHECKPOINT_NAME, *plots.PLOT_NAMES):
@@ -466,8 +468,10 @@ def _fit(cfg: RunConfig, data: Any, replica: _Local | _Sharded, device: torch.de
 
     with (RunLog(out_dir / "log.jsonl") if main else contextlib.nullcontext()) as log:
         if main:
+            loaders = {"train": type(train_loader).__name__, "valid": type(valid_loader).__name__}
             log.write("params", config=cfg.to_dict(), schema_summary=_schema_summary(data, splits),
-                      env=environment(device))
+                      env=environment(device), loaders=loaders)
+            logger.info("loaders: %s", ", ".join(f"{k} {v}" for k, v in loaders.items()))
         for epoch in range(1, tc.epochs + 1):
             epoch_start = time.perf_counter()
             lr, sparse_lr = _lr(optimizer), _lr(sparse)
@@ -526,7 +530,7 @@ def _fit(cfg: RunConfig, data: Any, replica: _Local | _Sharded, device: torch.de
         result = {
             "valid": _metrics(valid_y, _predict(model, valid_loader), valid_group),
             "test": (evaluate(model, splits["test"], tc.eval_batch_size, device,
-                              with_group=bool(data.group_field), name="test")
+                              with_group=bool(data.group_field), name="test", loader=tc.loader)
                      if "test" in splits else None),
             "best_epoch": best_epoch,
             "epochs": len(records),

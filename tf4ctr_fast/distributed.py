@@ -47,10 +47,13 @@ SHARDINGS = ("table_wise", "column_wise", "row_wise")
 _FUSED_KERNEL = "fused"
 
 
-def init_distributed(backend: Optional[str] = None) -> tuple[int, int, torch.device]:
+def init_distributed(backend: Optional[str] = None, device: str = "auto") -> tuple[int, int, torch.device]:
     """Join the process group described by the torchrun-style environment (RANK, WORLD_SIZE,
-    LOCAL_RANK, MASTER_ADDR, MASTER_PORT). gloo on CPU, nccl on CUDA. Returns (rank, world, device)."""
-    if torch.cuda.is_available():
+    LOCAL_RANK, MASTER_ADDR, MASTER_PORT). gloo on CPU, nccl on CUDA. device: "auto" (the GPU
+    LOCAL_RANK when CUDA is available, else the CPU), "cuda" or "cpu" (CPU ranks even on a GPU
+    machine). Returns (rank, world, device)."""
+    wants_cuda = torch.cuda.is_available() if device == "auto" else torch.device(device).type == "cuda"
+    if wants_cuda:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
     else:

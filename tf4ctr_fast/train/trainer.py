@@ -224,10 +224,6 @@ def _check_torchrec_config(cfg: RunConfig, device: torch.device) -> None:
     if tc.sharding == "row_wise" and device.type != "cuda":
         raise InputError("config key 'train.sharding': 'row_wise' needs CUDA; on CPU use 'table_wise' "
                          "or 'column_wise'")
-    # distributed.init_distributed gives each rank a GPU whenever CUDA is available.
-    if device.type == "cpu" and torch.cuda.is_available():
-        raise InputError("config key 'train.device': multi-process runs use one GPU per process when "
-                         "CUDA is available; set train.device to auto or cuda")
     if device.type == "cuda" and tc.nproc > torch.cuda.device_count():
         raise InputError(f"config key 'train.nproc': {tc.nproc} processes need as many GPUs, "
                          f"{torch.cuda.device_count()} available")
@@ -418,7 +414,7 @@ def train_distributed_rank(cfg: RunConfig, data: Any, log_level: int = logging.I
     was checked before launch."""
     from ..distributed import init_distributed, shard_model
 
-    rank, world, device = init_distributed()
+    rank, world, device = init_distributed(device=cfg.train.device)
     # Rank 0 reports at the launching process's level, in the CLI's format; the other ranks only warn.
     # force: the imports have already given this fresh process a root handler of their own.
     logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)

@@ -70,6 +70,8 @@ def test_prepare_train_evaluate_predict(ids_dataset, capsys):
     assert rows[0] == ["user", "item", "score"]
     assert [r[:2] for r in rows[1:]] == [["0", "100"], ["999", "100"]]  # raw ids, unseen user kept as given
     assert all(0.0 < float(r[2]) < 1.0 for r in rows[1:])
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "run"), "--device", "tpu"]) == 2
+    assert "--device: unknown device 'tpu'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("model", ["DualMLP", "DNN"])

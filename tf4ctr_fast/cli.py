@@ -82,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     p_eval.add_argument("--checkpoint", required=True, help="checkpoint file or run folder")
     p_eval.add_argument("--data", help="prepared folder (default: the one the run was trained on)")
     p_eval.add_argument("--split", default="test")
+    p_eval.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     p_pred = sub.add_parser("predict", help="score a file laid out like the training data; writes the "
                             "keep columns beside the scores", description=PREDICT_DESCRIPTION,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -93,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="the input rows have no label (a file without a header: Criteo's test.txt, "
                              "a headerless csv, libfm rows of features only); with a header it is detected")
     p_pred.add_argument("--batch-size", type=int, default=65536)
+    p_pred.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     return parser
 
 
@@ -136,25 +138,27 @@ def _print_result(result: dict) -> None:
 def cmd_evaluate(args) -> dict:
     from .data.columns import load_prepared
     from .train.checkpoint import load_checkpoint, resolve_checkpoint
-    from .train.trainer import evaluate
+    from .train.trainer import evaluate, resolve_device
 
-    model, cfg, _schema = load_checkpoint(resolve_checkpoint(args.checkpoint))
+    device = resolve_device(args.device, "--device")
+    model, cfg, _schema = load_checkpoint(resolve_checkpoint(args.checkpoint), device)
     data = load_prepared(args.data or cfg.dataset.resolved_prepared_dir())
     if not data.has_split(args.split):
         raise InputError(f"{args.data or cfg.dataset.resolved_prepared_dir()}: no split '{args.split}'")
-    metrics = evaluate(model, data.split(args.split), cfg.train.eval_batch_size, "cpu",
-                       with_group=data.group_field is not None)
+    metrics = evaluate(model, data.split(args.split), cfg.train.eval_batch_size, device,
+                       with_group=data.group_field is not None, loader=cfg.train.loader)
     print(json.dumps({"split": args.split, **metrics}))
     return metrics
 
 
 def cmd_predict(args) -> Path:
     from .train.checkpoint import load_checkpoint, resolve_checkpoint
-    from .train.trainer import predict_proba
+    from .train.trainer import predict_proba, resolve_device
 
-    model, _cfg, schema = load_checkpoint(resolve_checkpoint(args.checkpoint))
+    device = resolve_device(args.device, "--device")
+    model, cfg, schema = load_checkpoint(resolve_checkpoint(args.checkpoint), device)
     with _rows_to_score(args, schema) as (rows, keep_names):
-        scores = predict_proba(model, rows, args.batch_size, "cpu")
+        scores = predict_proba(model, rows, args.batch_size, device, loader=cfg.train.loader)
         _write_scores(Path(args.output), keep_names, rows.keep, scores)
     print(f"wrote {len(scores)} scores to {args.output} (mean {float(np.mean(scores)):.4f})")
     return Path(args.output)

@@ -96,16 +96,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)     # also seeds every CUDA device
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, where: str = "config key 'train.device'") -> torch.device:
+    """auto -> CUDA when available, else CPU; `where` names the setting in error messages."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise InputError(f"config key 'train.device': unknown device {name!r} "
-                         "(use auto, cpu or cuda)") from None
+        raise InputError(f"{where}: unknown device {name!r} (use auto, cpu or cuda)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"config key 'train.device': {name!r} requested but CUDA is not available")
+        raise InputError(f"{where}: {name!r} requested but CUDA is not available")
     return device
 
 

@@ -1,5 +1,6 @@
 """SER tables on TorchRec/FBGEMM against plain-torch twins: layout, padding, id checks, multi-valued
-pooling, the batch regularizer, and the fused sparse updates (values and updated rows)."""
+pooling, the batch regularizer, and the fused sparse updates (values and updated rows); then the fast
+paths against their plain forms, bit for bit."""
 import warnings
 
 import pytest
@@ -11,8 +12,11 @@ warnings.filterwarnings("ignore", module="fbgemm_gpu")
 
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor  # noqa: E402
 
+import tf4ctr_fast.embedding.features as features_module  # noqa: E402
 from tf4ctr_fast.embedding import SERTables, SERTablesConfig, ids_to_kjt  # noqa: E402
-from tf4ctr_fast.embedding.features import append_unique_row_bags  # noqa: E402
+from tf4ctr_fast.embedding.features import (FieldBags, append_unique_row_bags, append_unique_rows,  # noqa: E402
+                                            ids_to_field_bags, row_offsets_for, sorted_distinct_rows)
+from tf4ctr_fast.embedding.ser_tables import _SplitPooled  # noqa: E402
 from tf4ctr_fast.errors import InputError  # noqa: E402
 from tf4ctr_fast.reference.ssem import SER  # noqa: E402
 
@@ -216,3 +220,177 @@ def test_sparse_optimizer_lr_reaches_kernel():
     (e_s.sum() + e_c.sum()).backward()
     for k, w in tables.table_weights().items():
         assert torch.equal(w, before[k]), k
+
+
+# ---- the fast paths: unique rows, ids -> bags, the direct TBE lookup, the one-buffer backward ------------
+
+def _random_bags(gen: torch.Generator, batch: int, max_len: int, vocab=VOCAB) -> FieldBags:
+    """Multi-valued bags of 0..max_len ids per (field, row), padding (0) and duplicates included."""
+    lengths = torch.randint(0, max_len + 1, (len(vocab), batch), generator=gen)
+    values = torch.cat([torch.randint(0, v, (int(n),), generator=gen) for v, n in zip(vocab, lengths.sum(1))])
+    return FieldBags(values, lengths.to(torch.int32))
+
+
+def _unique_rows_twin(bags: FieldBags, vocab) -> FieldBags:
+    """append_unique_rows written as the per-field loop it stands for."""
+    per_key = bags.values.split(bags.lengths.sum(1).tolist())
+    distinct = [v.unique() for v in per_key]
+    extra = max(len(d) for d in distinct)
+    values = torch.cat([torch.cat([v, d]) for v, d in zip(per_key, distinct)])
+    extra_lengths = torch.tensor([[1] * len(d) + [0] * (extra - len(d)) for d in distinct], dtype=torch.int32)
+    return FieldBags(values, torch.cat([bags.lengths, extra_lengths.view(len(vocab), extra)], 1))
+
+
+@pytest.mark.parametrize("rows_dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("method", ["seen_mask", "sort"])
+@pytest.mark.parametrize("batch, max_len", [(1, 1), (7, 1), (33, 3), (64, 0)])
+def test_append_unique_rows_matches_per_field_loop(monkeypatch, rows_dtype, method, batch, max_len):
+    """Both ways of finding the distinct rows (a seen mask for small vocabularies, a sort for large
+    ones), on random bags with padding, empty bags (all of them when max_len is 0) and duplicates."""
+    monkeypatch.setattr(features_module, "SEEN_MASK_MAX_ROWS_PER_ID", 10**9 if method == "seen_mask" else 0)
+    offsets = row_offsets_for(VOCAB).to(rows_dtype)
+    for seed in range(5):
+        bags = _random_bags(torch.Generator().manual_seed(seed), batch, max_len)
+        got, want = append_unique_rows(bags, offsets), _unique_rows_twin(bags, VOCAB)
+        assert got.values.dtype == rows_dtype
+        assert got.values.tolist() == want.values.tolist()
+        assert torch.equal(got.lengths, want.lengths)
+
+
+@pytest.mark.parametrize("num_rows", [1, 50, 10_000])
+def test_sorted_distinct_rows_is_torch_unique(monkeypatch, num_rows):
+    gen = torch.Generator().manual_seed(num_rows)
+    for limit in (0, 10**9):       # sort, seen mask
+        monkeypatch.setattr(features_module, "SEEN_MASK_MAX_ROWS_PER_ID", limit)
+        for n in (0, 1, 100):
+            rows = torch.randint(0, num_rows, (n,), generator=gen, dtype=torch.int32)
+            got = sorted_distinct_rows(rows, num_rows)
+            assert got.dtype == rows.dtype and torch.equal(got, torch.unique(rows))
+
+
+def test_row_offsets_use_int32_when_rows_fit():
+    assert row_offsets_for(VOCAB).tolist() == [0, 11, 34, 39] and row_offsets_for(VOCAB).dtype == torch.int32
+    assert row_offsets_for([2**30, 2**30]).dtype == torch.int64
+
+
+def test_ids_to_field_bags_fast_and_padding_paths_agree_with_ids_to_kjt():
+    bounds = torch.tensor(VOCAB)
+    for ids in (torch.tensor([[3, 1, 1], [2, 5, 2]]), torch.tensor([[3, 0, 1], [0, 5, 2]])):
+        bags = ids_to_field_bags(ids, NAMES, bounds)
+        kjt = ids_to_kjt(ids, NAMES)
+        assert bags.values.tolist() == kjt.values().tolist()
+        assert bags.lengths.dtype == torch.int32 and bags.lengths.reshape(-1).tolist() == kjt.lengths().tolist()
+
+
+@pytest.mark.parametrize("padding", [False, True])
+def test_out_of_range_id_message_with_and_without_padding(padding):
+    """The one-pass check fails over to check_ids, which names the culprit either way."""
+    ids = torch.ones(4, 3, dtype=torch.long)
+    if padding:
+        ids[0, 0] = 0
+    ids[3, 1] = 23
+    with pytest.raises(InputError, match=r"field 'item': id 23 \(batch row 3\) is outside \[0, 23\)"):
+        _tables()(ids)
+
+
+@pytest.mark.parametrize("lengths", [[1, 1, 2, 0, 1, -1], [1, 1, 1, 0, 0, 0]])
+def test_malformed_kjt_lengths_are_an_input_error(lengths):
+    kjt = KeyedJaggedTensor(keys=NAMES, values=torch.tensor([1, 2, 3, 4]),
+                            lengths=torch.tensor(lengths, dtype=torch.int32))
+    with pytest.raises(InputError, match="lengths must be >= 0 and sum to"):
+        _tables()(kjt)
+
+
+def _twin_steps(tables: SERTables, batches, gen: torch.Generator):
+    """Outputs, regularizer and table weights after a training step on each batch."""
+    seen = []
+    for x in batches:
+        e_s, e_c = tables(x)
+        reg = tables.regularization()
+        g_s, g_c = torch.randn(e_s.shape, generator=gen), torch.randn(e_c.shape, generator=gen)
+        ((e_s * g_s).sum() + (e_c * g_c).sum() + reg).backward()
+        seen.append((e_s.detach().clone(), e_c.detach().clone(), reg.detach().clone()))
+    return seen, {k: w.detach().clone() for k, w in tables.table_weights().items()}
+
+
+def _mixed_batches():
+    """ids with and without padding, and a mean-pooled multi-valued KJT with padding inside bags."""
+    gen = torch.Generator().manual_seed(7)
+    ids = _random_ids(40, gen)
+    bags = _random_bags(gen, 40, 3)
+    kjt = KeyedJaggedTensor(keys=NAMES, values=bags.values, lengths=bags.lengths.reshape(-1))
+    return [ids, ids.clamp(min=1), kjt]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "rowwise_adagrad"])
+def test_direct_tbe_path_equals_torchrec_kjt_path_bit_for_bit(optimizer):
+    """The fused fast path (FieldBags straight into the TBE, FBGEMM's bounds check off, one gradient
+    buffer) against the same tables run through torchrec's FusedEmbeddingBagCollection.forward with a
+    KJT: same outputs, regularizer and updated rows, exactly."""
+    kw = dict(optimizer=optimizer, lr=0.3, emb_reg=0.2, pooling={"tag": "mean"})
+    torch.manual_seed(0)
+    fast = _tables(**kw)
+    via_kjt = _tables(**kw)
+    via_kjt.load_state_dict(fast.state_dict())
+    assert fast._single_tbe, "torchrec's FusedEmbeddingBagCollection layout changed: the fast path is off"
+    via_kjt._single_tbe = False
+    fast_out, fast_w = _twin_steps(fast, _mixed_batches(), torch.Generator().manual_seed(1))
+    kjt_out, kjt_w = _twin_steps(via_kjt, _mixed_batches(), torch.Generator().manual_seed(1))
+    for a, b in zip(fast_out, kjt_out):
+        for x, y in zip(a, b):
+            assert torch.equal(x, y)
+    for name in fast_w:
+        assert torch.equal(fast_w[name], kjt_w[name]), name
+
+
+def test_fbgemm_bounds_check_is_back_on_after_a_lookup():
+    """Off only inside SERTables' own (checked) lookup: a direct call of tables.ebc keeps it."""
+    tables = _tables(emb_reg=0.1)
+    tbe = tables.ebc._emb_modules[0]._emb_module
+    before = tbe.bounds_check_mode_int
+    assert before != 0      # BoundsCheckMode.NONE
+    e_s, e_c = tables(_random_ids(8, torch.Generator().manual_seed(0)))
+    (e_s.sum() + e_c.sum() + tables.regularization()).backward()
+    assert tbe.bounds_check_mode_int == before
+
+
+@pytest.mark.parametrize("use", ["all", "e_s only", "no regularizer", "regularizer only"])
+def test_split_backward_equals_autograd_of_slicing(use):
+    """_SplitPooled's one-buffer backward against autograd through plain slices, bit for bit,
+    including outputs that do not reach the loss (their part of the gradient is zero)."""
+    gen = torch.Generator().manual_seed(3)
+    pooled = torch.randn(9, 12, generator=gen, requires_grad=True)
+    g_s, g_c = torch.randn(6, 4, generator=gen), torch.randn(6, 8, generator=gen)
+    lam = 0.37
+
+    def loss(e_s, e_c, reg):
+        terms = {"e_s": (e_s * g_s).sum(), "e_c": (e_c * g_c).sum(), "reg": 3 * reg}
+        wanted = {"all": ("e_s", "e_c", "reg"), "e_s only": ("e_s",), "no regularizer": ("e_s", "e_c"),
+                  "regularizer only": ("reg",)}[use]
+        return sum(terms[k] for k in wanted)
+
+    e_s, e_c, reg = _SplitPooled.apply(pooled, 6, 4, lam)
+    (got,) = torch.autograd.grad(loss(e_s, e_c, reg), pooled)
+    plain = (pooled[:6, :4], pooled[:6, 4:], (lam / 2) * pooled[6:].pow(2).sum())
+    assert torch.equal(reg, plain[2])
+    (want,) = torch.autograd.grad(loss(*plain), pooled)
+    assert torch.equal(got, want)
+
+
+def test_inference_outputs_equal_training_outputs():
+    torch.manual_seed(0)
+    tables = _tables(emb_reg=0.5, pooling={"item": "mean"})
+    for x in _mixed_batches():
+        with torch.no_grad():
+            e_s, e_c = tables(x)
+        assert not e_s.requires_grad
+        t_s, t_c = tables(x)
+        assert torch.equal(e_s, t_s) and torch.equal(e_c, t_c)
+
+
+def test_variable_batch_kjt_is_an_input_error():
+    kjt = KeyedJaggedTensor(keys=NAMES, values=torch.tensor([1, 2, 3, 4]),
+                            lengths=torch.tensor([1, 1, 1, 1], dtype=torch.int32),
+                            stride_per_key_per_rank=[[2], [1], [1]])
+    with pytest.raises(InputError, match="variable-batch"):
+        _tables()(kjt)

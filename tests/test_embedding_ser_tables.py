@@ -14,8 +14,9 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor  # noqa: E402
 
 import tf4ctr_fast.embedding.features as features_module  # noqa: E402
 from tf4ctr_fast.embedding import SERTables, SERTablesConfig, ids_to_kjt  # noqa: E402
-from tf4ctr_fast.embedding.features import (FieldBags, append_unique_row_bags, append_unique_rows,  # noqa: E402
-                                            ids_to_field_bags, row_offsets_for, sorted_distinct_rows)
+from tf4ctr_fast.embedding.features import (FieldBags, append_unique_rows, field_bags_to_kjt,  # noqa: E402
+                                            ids_to_field_bags, kjt_to_field_bags, row_offsets_for,
+                                            sorted_distinct_rows)
 from tf4ctr_fast.embedding.ser_tables import _SplitPooled  # noqa: E402
 from tf4ctr_fast.errors import InputError  # noqa: E402
 from tf4ctr_fast.reference.ssem import SER  # noqa: E402
@@ -143,7 +144,7 @@ def test_multivalued_bags_match_embedding_bag(mode):
 def test_unique_row_bags_hold_each_looked_up_row_once():
     ids = torch.tensor([[3, 7, 1], [3, 0, 1], [4, 7, 2], [0, 9, 1]])
     offsets = torch.tensor([0] + VOCAB).cumsum(0)
-    kjt = append_unique_row_bags(ids_to_kjt(ids, NAMES), offsets)
+    kjt = field_bags_to_kjt(append_unique_rows(kjt_to_field_bags(ids_to_kjt(ids, NAMES)), offsets), NAMES)
     assert kjt.stride() == 4 + 2          # at most 2 distinct ids in one field
     per_key = kjt.to_dict()
     assert per_key["user"].lengths().tolist() == [1, 1, 1, 0, 1, 1]

@@ -20,6 +20,7 @@ from torch import Tensor
 from .errors import InputError
 
 POOLINGS = ("sum", "mean")
+Bags = dict[str, tuple[Tensor, Tensor]]   # field name -> (values [nnz], offsets [B + 1])
 
 
 class Features(NamedTuple):
@@ -27,14 +28,11 @@ class Features(NamedTuple):
     multi-valued ones."""
 
     ids: Tensor
-    bags: dict[str, tuple[Tensor, Tensor]]
+    bags: Bags
 
     def rows(self, lo: int, hi: int) -> Features:
         """Rows lo..hi-1 (a contiguous slice: the bags stay views, only their offsets are rebased)."""
         return Features(self.ids[lo:hi], slice_bags(self.bags, {n: o for n, (_, o) in self.bags.items()}, lo, hi))
-
-
-Bags = dict[str, tuple[Tensor, Tensor]]
 
 
 def slice_bags(bags: Bags, bounds: dict[str, Any], lo: int, hi: int) -> Bags:
@@ -50,7 +48,7 @@ def slice_bags(bags: Bags, bounds: dict[str, Any], lo: int, hi: int) -> Bags:
 ModelInput = Union[Tensor, Features]
 
 
-def split_input(x: ModelInput) -> tuple[Tensor, dict[str, tuple[Tensor, Tensor]]]:
+def split_input(x: ModelInput) -> tuple[Tensor, Bags]:
     """(ids, bags) of either form of model input; plain ids have no bags."""
     if isinstance(x, Features):
         return x.ids, x.bags
@@ -83,7 +81,7 @@ def bag_fields_of(schema: dict[str, Any]) -> list[BagField]:
             for f in schema.get("multi_valued_fields", [])]
 
 
-def check_bags(bags: dict[str, tuple[Tensor, Tensor]], names: Sequence[str], batch: int) -> None:
+def check_bags(bags: Bags, names: Sequence[str], batch: int) -> None:
     """Exactly the bags of the multi-valued fields `names`, each with offsets [batch + 1]: else an
     InputError naming the field. (Id ranges are checked where the ids are looked up.)"""
     if sorted(bags) != sorted(names):

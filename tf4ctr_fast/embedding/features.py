@@ -193,7 +193,3 @@ def append_unique_rows(bags: FieldBags, row_offsets: Tensor) -> FieldBags:
     extra_lengths = torch.arange(max(rows_per_key, default=0), device=values.device) < counts[:, None]   # [F, R]
     return FieldBags(out, torch.cat([lengths, extra_lengths.to(lengths.dtype)], 1))
 
-
-def append_unique_row_bags(kjt: KeyedJaggedTensor, row_offsets: Tensor) -> KeyedJaggedTensor:
-    """append_unique_rows on a KJT (keys in field order)."""
-    return field_bags_to_kjt(append_unique_rows(kjt_to_field_bags(kjt), row_offsets), kjt.keys())

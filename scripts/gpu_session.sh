@@ -1,31 +1,53 @@
 #!/usr/bin/env bash
-# Everything a lent GPU machine should run for issues "Fused twin-focus head" (Triton bandwidth) and
-# "GPU performance", in ONE device call (the machine keeps nothing between calls). Not yet run on a GPU:
-# no GPU was lent in sessions 1-2, so expect to fix the first failure it finds.
+# Everything a lent GPU machine runs for the GPU issue, in ONE device call of at most ~8 minutes (the
+# machine keeps nothing between calls; device time is 15 minutes per issue, its start included).
 #
 # Before it, per DEVELOPERS.md: `bash ../shared/gpu/bundle.sh .gpu-bundle` here, one `run` per part
 # copying it to /tmp/parts, then in the call that carries the last part N:
 #   python3 .gpu-bundle/partN/unbundle.py --parts /tmp/parts/* .gpu-bundle/partN --target /tmp/site \
-#     && PYTHONPATH=/tmp/site bash scripts/gpu_session.sh
-# Results land in $OUT (the device tool brings them back): commit them under bench/results/.
+#     && export PYTHONPATH=/tmp/site && pip install --no-deps --no-build-isolation -e . \
+#     && bash scripts/gpu_session.sh
+# Each step has its own time limit, so one slow step cannot eat the rest. Results land in $OUT (at most
+# 8 files come back): steps.txt (machine, versions, every step's tail), tests.txt, bench.json,
+# throughput.json, profile.txt, e2e.txt. Commit them under bench/results/ (docs/benchmarks.md).
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"
-export PYTHONPATH=${PYTHONPATH:-/tmp/site}
-log() { echo "== $*" | tee -a "$OUT/steps.txt"; }
+export PYTHONPATH=${PYTHONPATH:-/tmp/site} PYTHONUNBUFFERED=1
+steps="$OUT/steps.txt"
+log() { echo "== $(date +%T) $*" | tee -a "$steps"; }
+# step NAME SECONDS CMD...: run with a time limit, whole output to $OUT/NAME.txt unless told otherwise
+step() { local name=$1 limit=$2; shift 2; log "$name (limit ${limit}s)"
+         timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1; local rc=$?
+         tail -15 "$OUT/$name.txt" | tee -a "$steps"; log "$name: exit $rc"; }
 
-log "machine"; nvidia-smi | tee "$OUT/nvidia-smi.txt"; python3 -c "import torch, triton; print(torch.__version__, torch.version.cuda, triton.__version__)" | tee -a "$OUT/steps.txt"
+log "machine"; nvidia-smi >> "$steps" 2>&1
+python3 - >> "$steps" 2>&1 <<'EOF'
+import torch, triton
+print("torch", torch.__version__, "cuda", torch.version.cuda, "triton", triton.__version__, torch.cuda.get_device_name())
+for m in ("fbgemm_gpu", "torchrec", "tf4ctr_fast._C", "tf4ctr_fast.models"):
+    try:
+        __import__(m); print("import", m, "ok")
+    except Exception as e:
+        print("import", m, "FAILED:", type(e).__name__, e)
+EOF
+tail -6 "$steps"
 
-log "install (builds the C++ op with CMake)"
-pip install -q --no-deps --no-build-isolation -e . > "$OUT/install.txt" 2>&1 || { tail -30 "$OUT/install.txt"; exit 1; }
+step tests 75 python3 -m pytest -q -p no:cacheprovider -x tests/test_twin_head_triton.py \
+  tests/test_embedding_ser_tables.py tests/test_embedding_engine_model.py tests/test_streaming_loader.py \
+  tests/test_loader.py
 
-log "parity: Triton kernel compiled on CUDA, CUDA dispatch of the op, engine model"
-python3 -m pytest -q tests/test_twin_head_triton.py tests/test_twin_head_cpu.py tests/test_embedding_ser_tables.py \
-  tests/test_embedding_engine_model.py tests/test_streaming_loader.py tests/test_loader.py -x -p no:cacheprovider \
-  2>&1 | tee "$OUT/tests.txt" | tail -5
+step throughput 130 python3 scripts/gpu_throughput.py --out "$OUT" --budget-s 90
+mv "$OUT/throughput.txt" "$OUT/throughput-log.txt" 2>/dev/null; cat "$OUT/throughput-log.txt" >> "$steps"; rm -f "$OUT/throughput-log.txt"
 
-log "benchmark suite (size full on CUDA): parity, then timings against the reference"
-name="$(python3 -c "import torch; print(torch.cuda.get_device_name(0).replace(' ', '-'))")-$(date +%F)"
-timeout 420 python3 -m pytest bench/ --benchmark-only -q --benchmark-json "$OUT/$name.json" 2>&1 | tail -25 | tee "$OUT/bench.txt"
+step bench 120 python3 -m pytest bench/test_bench_twin_head.py bench/test_bench_train_step.py \
+  --benchmark-only -q -p no:cacheprovider --bench-size medium \
+  --benchmark-json "$OUT/bench.json"
+cat "$OUT/bench.txt" >> "$steps"; rm -f "$OUT/bench.txt"
 
-log "done; files in $OUT"; ls -la "$OUT"
+# The trainer end to end (prepare excluded): synthetic Criteo-schema data, TF4CTR Criteo config, engine.
+step e2e 75 python3 -m tf4ctr_fast.cli train train.device=cuda model.backend=torchrec dataset.synthetic.rows=1000000 \
+  dataset.prepared_dir=/tmp/e2e_data train.out_dir=/tmp/e2e_run train.epochs=1 train.progress=false
+cat /tmp/e2e_run/results.json >> "$OUT/e2e.txt" 2>/dev/null
+
+log "done"; ls -la "$OUT" | tee -a "$steps"

@@ -57,16 +57,21 @@ def _col(acc, kcol, j: tl.constexpr):
 @triton.jit
 def _dots(h_ptr, w_ptr, rows, row_ok, H, kcol, K: tl.constexpr, KP: tl.constexpr,
           BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
-    """[BLOCK_B, KP]: each row of h with each of the K projection rows of w."""
+    """[BLOCK_B, KP]: each row of h with each of the K projection rows of w.
+
+    Every product here and below is 2-D, one projection row at a time (K <= 5, unrolled): the first
+    version broadcast to [BLOCK_B, KP, BLOCK_H] and reduced, which the interpreter ran right but the
+    H200's compiled code did not (grad_h came out 8x too large at KP = 1, the first GPU run,
+    2026-11-30)."""
     acc = tl.zeros([BLOCK_B, KP], dtype=tl.float32)
     for h0 in range(0, H, BLOCK_H):
         cols = h0 + tl.arange(0, BLOCK_H)
         col_ok = cols < H
         x = tl.load(h_ptr + rows[:, None] * H + cols[None, :], mask=row_ok[:, None] & col_ok[None, :],
                     other=0.0).to(tl.float32)
-        w = tl.load(w_ptr + kcol[:, None] * H + cols[None, :], mask=(kcol < K)[:, None] & col_ok[None, :],
-                    other=0.0).to(tl.float32)
-        acc += tl.sum(x[:, None, :] * w[None, :, :], axis=2)
+        for k in tl.static_range(K):
+            w = tl.load(w_ptr + k * H + cols, mask=col_ok, other=0.0).to(tl.float32)
+            acc += tl.where(kcol[None, :] == k, tl.sum(x * w[None, :], axis=1)[:, None], 0.0)
     return acc
 
 
@@ -78,10 +83,10 @@ def _weight_grads(h_ptr, part_ptr, rows, row_ok, H, kcol, g, K: tl.constexpr, BL
         col_ok = cols < H
         x = tl.load(h_ptr + rows[:, None] * H + cols[None, :], mask=row_ok[:, None] & col_ok[None, :],
                     other=0.0).to(tl.float32)
-        w_ok = (kcol < K)[:, None] & col_ok[None, :]
-        slot = part_ptr + kcol[:, None] * H + cols[None, :]
-        gw = tl.load(slot, mask=w_ok, other=0.0) + tl.sum(g[:, :, None] * x[:, None, :], axis=0)
-        tl.store(slot, gw, mask=w_ok)
+        for k in tl.static_range(K):
+            slot = part_ptr + k * H + cols
+            gw = tl.load(slot, mask=col_ok, other=0.0) + tl.sum(_col(g, kcol, k)[:, None] * x, axis=0)
+            tl.store(slot, gw, mask=col_ok)
 
 
 @triton.jit
@@ -234,17 +239,18 @@ def twin_head_triton(h_s, h_c, w_s, w_c, b_s, b_c, mix, y, alpha, c, gamma, fusi
 
 
 @triton.jit
-def _grad_h_kernel(g_ptr, w_ptr, scale_ptr, out_ptr, B, H, K: tl.constexpr, KP: tl.constexpr,
+def _grad_h_kernel(g_ptr, w_ptr, scale_ptr, out_ptr, B, H, K: tl.constexpr,
                    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
-    kcol = tl.arange(0, KP)
-    row_ok, col_ok, k_ok = rows < B, cols < H, kcol < K
+    row_ok, col_ok = rows < B, cols < H
     rows = rows.to(tl.int64)
-    g = tl.load(g_ptr + rows[:, None] * K + kcol[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-    w = tl.load(w_ptr + kcol[:, None] * H + cols[None, :], mask=k_ok[:, None] & col_ok[None, :],
-                other=0.0).to(tl.float32)
-    out = tl.sum(g[:, :, None] * w[None, :, :], axis=1) * tl.load(scale_ptr).to(tl.float32)
+    out = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
+    for k in tl.static_range(K):  # 2-D products only: see _dots
+        g = tl.load(g_ptr + rows * K + k, mask=row_ok, other=0.0)
+        w = tl.load(w_ptr + k * H + cols, mask=col_ok, other=0.0).to(tl.float32)
+        out += g[:, None] * w[None, :]
+    out = out * tl.load(scale_ptr).to(tl.float32)
     tl.store(out_ptr + rows[:, None] * H + cols[None, :], out.to(out_ptr.dtype.element_ty),
              mask=row_ok[:, None] & col_ok[None, :])
 
@@ -253,10 +259,9 @@ def grad_h_triton(g, w, scale, block_h: int = 128):
     """scale · g @ w ([B, K] float32 @ [K, H]) in w's dtype: the op's backward pass over grad_h."""
     B, K = g.shape
     H = w.shape[1]
-    block_b = max(8, 64 // triton.next_power_of_2(K))  # the [block_b, KP, block_h] product stays in registers
+    block_b = 64
     g, w = g.contiguous().float(), w.contiguous()
     out = torch.empty(B, H, dtype=w.dtype, device=w.device)
     grid = (triton.cdiv(B, block_b), triton.cdiv(H, block_h))
-    _grad_h_kernel[grid](g, w, scale.reshape(1).float(), out, B, H, K=K, KP=triton.next_power_of_2(K),
-                         BLOCK_B=block_b, BLOCK_H=block_h)
+    _grad_h_kernel[grid](g, w, scale.reshape(1).float(), out, B, H, K=K, BLOCK_B=block_b, BLOCK_H=block_h)
     return out

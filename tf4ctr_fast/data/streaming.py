@@ -97,6 +97,8 @@ class StreamingBatchLoader:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.split, self.batch_size, self.shuffle, self.seed = split, batch_size, shuffle, seed
         self.device = torch.device(device)
+        # the device that a bare "cuda" means, read in the caller's thread (the producer's differs)
+        self._caller_device = torch.cuda.current_device() if self.device.type == "cuda" else None
         self.num_rows = int(len(split.labels))
         self.multi_valued_names = list(getattr(split, "multi_valued", {}) or {})
         row_bytes = max(1, split.ids.shape[1] * 4 + 4)
@@ -146,7 +148,9 @@ class StreamingBatchLoader:
 
         try:
             if self.device.type == "cuda":
-                torch.cuda.set_device(self.device)
+                # The producer thread starts on device 0; torch 2.11 refuses set_device("cuda")
+                # without an index (seen on the first GPU run), so name the caller's device.
+                torch.cuda.set_device(self.device.index if self.device.index is not None else self._caller_device)
             stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
             starts = np.arange(0, self.num_rows, self.chunk_rows)
             if self.shuffle:

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 
 def _umask() -> int:
@@ -33,18 +35,26 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_dir(path: str | os.PathLike, check_replaceable: Callable[[Path], None]) -> Iterator[Path]:
     """Yield a temp folder beside `path`; on success it replaces `path` whole, on error it is removed.
 
-    An existing `path` is only removed once the new folder is complete.
+    Something already at `path` is replaced only if `check_replaceable(path)` returns (it raises when
+    that thing is not the caller's to replace); it is checked on entry and again just before the
+    swap, and removed only once the new folder is complete. The temp folder's name carries this host
+    and process id, so that the next writer of `path` can remove the temp folders of killed writers
+    (and only theirs: a live writer's temp folder is left alone).
     """
     path = Path(path)
+    if os.path.lexists(path):
+        check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    _remove_stale_temps(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_temp_prefix(path)}{os.getpid()}.", suffix=".tmp", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the finished folder should not be
     try:
         yield tmp
-        if path.exists():
+        if os.path.lexists(path):
+            check_replaceable(path)
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
@@ -55,3 +65,28 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _temp_prefix(path: Path) -> str:
+    """`.<name>.<host>.` : atomic_dir's temp folders for `path` made on this host; the pid follows."""
+    return f".{path.name}.{socket.gethostname()}."
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Remove the temp folders that atomic_dir(path) left behind in processes of this host that are
+    gone (killed, so their cleanup never ran)."""
+    prefix = _temp_prefix(path)
+    for entry in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+        pid = entry.name[len(prefix):].split(".", 1)[0]
+        if pid.isdigit() and entry.is_dir() and not entry.is_symlink() and not _alive(int(pid)):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True

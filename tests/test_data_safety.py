@@ -4,6 +4,7 @@ leaves no worker running and its temp folder is removed by the next prepare."""
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import socket
@@ -266,3 +267,54 @@ def test_kill_9_of_prepare_leaves_no_process_and_no_temp_folder(tmp_path):
     _write_big_csv(tmp_path, 2000)
     subprocess.run([sys.executable, "-c", PREPARE_SCRIPT, str(tmp_path)], env=env, check=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "big", "schema.yaml", "train.csv"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Units: the encoding fingerprint, links at the prepared path
+
+
+def _field(name, vocab, **extra):
+    return {"name": name, "kind": "categorical", "vocab_size": len(vocab) + 2, "codec": "int",
+            "vocab": {str(v): i + 2 for i, v in enumerate(vocab)}, **extra}
+
+
+def test_fingerprint_covers_the_encoding_and_only_it():
+    from tf4ctr_fast.data.fingerprint import check_same_encoding, fingerprint
+
+    trained = {"fields": [_field("a", [1, 2]), _field("b", [5])], "splits": {"train": 10}}
+    same = {"fields": [_field("a", [1, 2], min_count=9), _field("b", [5])], "splits": {"test": 3},
+            "fingerprint": "stale"}
+    assert fingerprint(trained) == fingerprint(same)   # rows, splits, min_count: not the encoding
+    check_same_encoding(Path("ckpt.pt"), trained, Path("data"), same)
+    cases = {"fields ['a', 'b'] vs ['b', 'a']": [_field("b", [5]), _field("a", [1, 2])],
+             "field 'a' vocab size 4 vs 5": [_field("a", [1, 2, 3]), _field("b", [5])],
+             "field 'b' vocabulary: same size, other values": [_field("a", [1, 2]), _field("b", [6])]}
+    for message, fields in cases.items():
+        with pytest.raises(InputError, match=f"^data is not encoded like the data ckpt.pt was trained on: "
+                                             f"{re.escape(message)} \\(checkpoint vs data\\)"):
+            check_same_encoding(Path("ckpt.pt"), trained, Path("data"), {"fields": fields})
+
+
+def test_prepare_keeps_a_symlink_at_the_prepared_path(tmp_path, capsys):
+    config = write_planted_run(tmp_path)
+    assert main(["prepare", "--config", str(config)]) == 0
+    (tmp_path / "link").symlink_to(tmp_path / "prepared")
+    assert main(["prepare", "--config", str(config), f"dataset.prepared_dir={tmp_path / 'link'}"]) == 2
+    assert f"{tmp_path / 'link'}: is a symbolic link" in capsys.readouterr().err
+    assert (tmp_path / "link").is_symlink()
+
+
+def test_temp_folders_of_dead_processes_are_removed_and_only_those(tmp_path):
+    from tf4ctr_fast.io_utils import temp_dir_beside
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    prefix = f".out.csv.{socket.gethostname()}"
+    stale = tmp_path / f"{prefix}.{dead}.a.input"
+    live = tmp_path / f"{prefix}.{os.getpid()}.b.input"
+    other = tmp_path / f"{prefix}.{dead}.c.tmp"      # another suffix: another kind of temp folder
+    for folder in (stale, live, other):
+        folder.mkdir()
+    with temp_dir_beside(tmp_path / "out.csv", ".input") as tmp:
+        assert tmp.is_dir() and not stale.exists() and live.exists() and other.exists()
+    assert not tmp.exists()

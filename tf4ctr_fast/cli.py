@@ -12,14 +12,13 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import numpy as np
 
 from .errors import InputError
-from .io_utils import atomic_file
+from .io_utils import atomic_file, temp_dir_beside
 
 EPILOG = """\
 config keys: see tf4ctr_fast/config.py (sections dataset, model, train); examples in configs/.
@@ -187,7 +186,7 @@ def _rows_to_score(args, schema: dict) -> Iterator[tuple[Any, list[str]]]:
     """(the input encoded as a split: .ids, .labels, .keep, .multi_valued; the keep column names).
 
     The streaming formats are encoded into a temporary folder beside the output, removed on leaving
-    the block, also on error or Ctrl-C.
+    the block, also on error or Ctrl-C (after a kill -9: by the next predict to that output).
     """
     from .data.columns import load_prepared
     from .data.predict_input import PREDICT_SPLIT, STREAMING_FORMATS, encode_for_predict_text
@@ -196,8 +195,7 @@ def _rows_to_score(args, schema: dict) -> Iterator[tuple[Any, list[str]]]:
         yield _csv_ids_rows(args.input, schema), list(schema["keep_columns"])
         return
     output = Path(args.output).resolve()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{output.name}.", suffix=".input", dir=output.parent) as tmp:
+    with temp_dir_beside(output, ".input") as tmp:
         encoded = load_prepared(encode_for_predict_text(args.input, schema, Path(tmp) / "encoded",
                                                         has_label=False if args.no_label else None))
         report = encoded.schema["report"]

@@ -36,22 +36,18 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike, check_replaceable: Callable[[Path], None]) -> Iterator[Path]:
-    """Yield a temp folder beside `path`; on success it replaces `path` whole, on error it is removed.
+    """Yield a temp folder beside `path` (temp_dir_beside); on success it replaces `path` whole, on
+    error it is removed.
 
     Something already at `path` is replaced only if `check_replaceable(path)` returns (it raises when
     that thing is not the caller's to replace); it is checked on entry and again just before the
-    swap, and removed only once the new folder is complete. The temp folder's name carries this host
-    and process id, so that the next writer of `path` can remove the temp folders of killed writers
-    (and only theirs: a live writer's temp folder is left alone).
+    swap, and removed only once the new folder is complete.
     """
     path = Path(path)
     if os.path.lexists(path):
         check_replaceable(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{_temp_prefix(path)}{os.getpid()}.", suffix=".tmp", dir=path.parent))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the finished folder should not be
-    try:
+    with temp_dir_beside(path, ".tmp") as tmp:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the finished folder should not be
         yield tmp
         if os.path.lexists(path):
             check_replaceable(path)
@@ -62,24 +58,29 @@ def atomic_dir(path: str | os.PathLike, check_replaceable: Callable[[Path], None
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
-def _temp_prefix(path: Path) -> str:
-    """`.<name>.<host>.` : atomic_dir's temp folders for `path` made on this host; the pid follows."""
-    return f".{path.name}.{socket.gethostname()}."
+@contextlib.contextmanager
+def temp_dir_beside(path: str | os.PathLike, suffix: str) -> Iterator[Path]:
+    """A scratch folder `.<name>.<host>.<pid>.<random><suffix>` beside `path` (same file system, so it
+    can be moved into place), removed on leaving the block, also on error or Ctrl-C.
 
-
-def _remove_stale_temps(path: Path) -> None:
-    """Remove the temp folders that atomic_dir(path) left behind in processes of this host that are
-    gone (killed, so their cleanup never ran)."""
-    prefix = _temp_prefix(path)
-    for entry in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+    A kill -9 skips that removal: so each call first removes the scratch folders of `path` and
+    `suffix` made on this host by processes that are gone, and only those (a live process's
+    folder, e.g. a concurrent run's, is left alone).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{path.name}.{socket.gethostname()}."
+    for entry in path.parent.glob(f"{glob.escape(prefix)}*{glob.escape(suffix)}"):
         pid = entry.name[len(prefix):].split(".", 1)[0]
         if pid.isdigit() and entry.is_dir() and not entry.is_symlink() and not _alive(int(pid)):
             shutil.rmtree(entry, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}.", suffix=suffix, dir=path.parent))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already when atomic_dir moved it into place
 
 
 def _alive(pid: int) -> bool:

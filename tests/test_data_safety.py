@@ -238,6 +238,7 @@ def test_kill_9_of_prepare_leaves_no_process_and_no_temp_folder(tmp_path):
                OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-c", PREPARE_SCRIPT, str(tmp_path)], env=env)
     seen: set[int] = set()
+    temps: list[Path] = []
     try:
         # kill once pass 2 runs: its temp folder exists and its workers are spawned
         deadline = time.monotonic() + 60

@@ -10,15 +10,15 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import numpy as np
 
 from .errors import InputError
-from .io_utils import atomic_file
+from .io_utils import atomic_file, temp_dir_beside
 
 EPILOG = """\
 config keys: see tf4ctr_fast/config.py (sections dataset, model, train); examples in configs/.
@@ -115,6 +115,7 @@ def cmd_train(args) -> dict:
     flags = {"train.nproc": args.nproc, "model.head": args.head, "model.backend": args.backend}
     overrides = list(args.overrides) + [f"{key}={value}" for key, value in flags.items() if value is not None]
     cfg = load_config(args.config, overrides)
+    cfg.resolved_out_dir()  # a bad run folder name stops the run now, before any preparing
     data_dir = cfg.dataset.resolved_prepared_dir()
     if not is_prepared_from(cfg.dataset, data_dir):
         print(f"preparing {cfg.dataset.name} into {data_dir} (none there yet, or prepared with other "
@@ -137,14 +138,17 @@ def _print_result(result: dict) -> None:
 
 def cmd_evaluate(args) -> dict:
     from .data.columns import load_prepared
+    from .data.fingerprint import check_same_encoding
     from .train.checkpoint import load_checkpoint, resolve_checkpoint
     from .train.trainer import evaluate, resolve_device
 
     device = resolve_device(args.device, "--device")
-    model, cfg, _schema = load_checkpoint(resolve_checkpoint(args.checkpoint), device)
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    model, cfg, schema = load_checkpoint(checkpoint, device)
     data = load_prepared(args.data or cfg.dataset.resolved_prepared_dir())
+    check_same_encoding(checkpoint, schema, data.path, data.schema)
     if not data.has_split(args.split):
-        raise InputError(f"{args.data or cfg.dataset.resolved_prepared_dir()}: no split '{args.split}'")
+        raise InputError(f"{data.path}: no split '{args.split}'")
     metrics = evaluate(model, data.split(args.split), cfg.train.eval_batch_size, device,
                        with_group=data.group_field is not None, loader=cfg.train.loader)
     print(json.dumps({"split": args.split, **metrics}))
@@ -156,7 +160,9 @@ def cmd_predict(args) -> Path:
     from .train.trainer import predict_proba, resolve_device
 
     device = resolve_device(args.device, "--device")
-    model, cfg, schema = load_checkpoint(resolve_checkpoint(args.checkpoint), device)
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    _check_output(Path(args.output), {"--input": Path(args.input), "--checkpoint": checkpoint})
+    model, cfg, schema = load_checkpoint(checkpoint, device)
     with _rows_to_score(args, schema) as (rows, keep_names):
         scores = predict_proba(model, rows, args.batch_size, device, loader=cfg.train.loader)
         _write_scores(Path(args.output), keep_names, rows.keep, scores)
@@ -164,12 +170,23 @@ def cmd_predict(args) -> Path:
     return Path(args.output)
 
 
+def _check_output(output: Path, inputs: dict[str, Path]) -> None:
+    """InputError unless `output` is a file that may be replaced: not a folder, and not one of the
+    command's inputs under any path (a symlink or hard link to it included)."""
+    if output.is_dir():
+        raise InputError(f"--output {output}: is a folder; name the CSV file to write")
+    for option, path in inputs.items():
+        if output.exists() and path.exists() and os.path.samefile(output, path):
+            raise InputError(f"--output {output}: is the {option} file {path}; writing the scores would "
+                             "replace it: choose another --output")
+
+
 @contextlib.contextmanager
 def _rows_to_score(args, schema: dict) -> Iterator[tuple[Any, list[str]]]:
     """(the input encoded as a split: .ids, .labels, .keep, .multi_valued; the keep column names).
 
     The streaming formats are encoded into a temporary folder beside the output, removed on leaving
-    the block, also on error or Ctrl-C.
+    the block, also on error or Ctrl-C (after a kill -9: by the next predict to that output).
     """
     from .data.columns import load_prepared
     from .data.predict_input import PREDICT_SPLIT, STREAMING_FORMATS, encode_for_predict_text
@@ -178,8 +195,7 @@ def _rows_to_score(args, schema: dict) -> Iterator[tuple[Any, list[str]]]:
         yield _csv_ids_rows(args.input, schema), list(schema["keep_columns"])
         return
     output = Path(args.output).resolve()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{output.name}.", suffix=".input", dir=output.parent) as tmp:
+    with temp_dir_beside(output, ".input") as tmp:
         encoded = load_prepared(encode_for_predict_text(args.input, schema, Path(tmp) / "encoded",
                                                         has_label=False if args.no_label else None))
         report = encoded.schema["report"]

@@ -17,6 +17,17 @@ import yaml
 from .errors import InputError
 
 
+def folder_name(value: str, key: str) -> str:
+    """`value`, checked to name one folder inside its parent (data_prepared/, runs/): a name that is
+    empty, '.', '..' or holds a path separator would put the folder elsewhere, or make the parent
+    itself the folder that a prepare replaces."""
+    if value in ("", ".", "..") or any(c in value for c in "/\\\0"):
+        raise InputError(f"config key '{key}': {value!r} is not a plain folder name (it must not be empty, "
+                         "'.' or '..', nor hold '/' or '\\'); dataset.prepared_dir and train.out_dir "
+                         "take paths")
+    return value
+
+
 @dataclass
 class SyntheticConfig:
     """Synthetic data with Criteo's schema (13 bucketized integer fields + 26 categorical)."""
@@ -50,7 +61,9 @@ class DatasetConfig:
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def resolved_prepared_dir(self) -> Path:
-        return Path(self.prepared_dir or f"data_prepared/{self.name}")
+        if self.prepared_dir:
+            return Path(self.prepared_dir)
+        return Path("data_prepared") / folder_name(self.name, "dataset.name")
 
 
 @dataclass
@@ -97,7 +110,7 @@ class TrainConfig:
     seed: int = 2023
     device: str = "auto"           # "auto" | "cpu" | "cuda"
     num_threads: int = 0           # per process; 0: torch's default (divided between train.nproc processes)
-    out_dir: str = ""              # default: runs/<dataset>_<model>_seed<seed>
+    out_dir: str = ""              # default: runs/<dataset>_<model>_<backend>_<head>_seed<seed>
     difficulty_thresholds: list[float] = field(default_factory=lambda: [0.3, 0.6])
     progress: bool = True
     # "auto": each split on the device (CUDA memory, or RAM on CPU) when it takes at most half of the
@@ -123,9 +136,14 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def resolved_out_dir(self) -> Path:
+        """train.out_dir, or runs/<dataset>_<model>_<backend>_<head>_seed<seed>: every key that
+        changes what a run learns has its part, so that runs differing in one never share a folder."""
         if self.train.out_dir:
             return Path(self.train.out_dir)
-        return Path(f"runs/{self.dataset.name}_{self.model.name}_seed{self.train.seed}")
+        parts = {"dataset.name": self.dataset.name, "model.name": self.model.name,
+                 "model.backend": self.model.backend, "model.head": self.model.head}
+        name = "_".join(folder_name(value, key) for key, value in parts.items())
+        return Path("runs") / f"{name}_seed{self.train.seed}"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -19,15 +19,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 import numpy as np
 
 from ..errors import InputError
 from ..io_utils import atomic_dir
+from .fingerprint import fingerprint
 
 FORMAT_VERSION = 1
 SCHEMA_FILE = "schema.json"
+PREPARED_FROM = "prepared_from.json"  # prepare.py: the DatasetConfig a folder was prepared from
 PADDING_ID = 0
 OOV_ID = 1
 FIRST_KNOWN_ID = 2
@@ -121,7 +123,7 @@ def write_prepared(out_dir: str | Path, schema: dict[str, Any], splits: dict[str
     schema = dict(schema, format_version=FORMAT_VERSION,
                   splits={name: int(arrays[0].shape[0]) for name, arrays in splits.items()})
     checked = {name: _checked_arrays(schema, name, arrays) for name, arrays in splits.items()}
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, check_replaceable) as tmp:
         for name, arrays in checked.items():
             (tmp / name).mkdir()
             for file, arr in arrays.items():
@@ -131,13 +133,47 @@ def write_prepared(out_dir: str | Path, schema: dict[str, Any], splits: dict[str
 
 
 def write_schema(folder: Path, schema: dict[str, Any], splits: dict[str, int]) -> dict[str, Any]:
-    """Write schema.json (setting "format_version" and "splits"); call it after every array is written.
+    """Write schema.json (setting "format_version", "splits" and the encoding's "fingerprint",
+    data/fingerprint.py); call it after every array is written.
 
     Last, so that a folder with a schema is a complete folder even without the atomic rename.
     """
-    schema = dict(schema, format_version=FORMAT_VERSION, splits={k: int(v) for k, v in splits.items()})
+    schema = dict(schema, format_version=FORMAT_VERSION, splits={k: int(v) for k, v in splits.items()},
+                  fingerprint=fingerprint(schema))
     (Path(folder) / SCHEMA_FILE).write_text(json.dumps(schema, sort_keys=True, indent=1) + "\n")
     return schema
+
+
+def check_replaceable(path: Path) -> None:
+    """Return if `path` is a prepared folder, which a new prepare may replace; else InputError naming it.
+
+    A prepared folder is a real folder (not a link) holding a schema.json with its splits, those
+    splits' folders of .npy arrays, optionally prepared_from.json, and nothing else: a folder that
+    also holds anything a user put there (raw files, notes) is not replaced, and neither is a file.
+    """
+    def refuse(why: str) -> NoReturn:
+        raise InputError(f"{path}: {why}, and prepare replaces nothing but a folder it prepared: "
+                         "set dataset.prepared_dir (or dataset.name) to another path, or move this one away")
+
+    if path.is_symlink() or not path.is_dir():
+        refuse("exists and is not a folder" if not path.is_symlink() else "is a symbolic link")
+    try:
+        schema = json.loads((path / SCHEMA_FILE).read_text())
+        splits = set(schema["splits"])
+    except (OSError, ValueError, TypeError, KeyError):
+        refuse(f"is not a prepared folder (no readable {SCHEMA_FILE} with its splits)")
+    for entry in sorted(path.iterdir()):
+        if entry.name in splits and entry.is_dir() and not entry.is_symlink():
+            stray = [f for f in sorted(entry.iterdir()) if f.suffix != ".npy" or not f.is_file()]
+            if stray:
+                refuse(f"{stray[0].relative_to(path)} is not part of a prepared folder")
+        elif not entry.is_file() or not (entry.name in (SCHEMA_FILE, PREPARED_FROM) or _is_marker_temp(entry.name)):
+            refuse(f"{entry.name} is not part of a prepared folder")
+
+
+def _is_marker_temp(name: str) -> bool:
+    """The temp file of an interrupted PREPARED_FROM write (io_utils.atomic_file)."""
+    return name.startswith(f".{PREPARED_FROM}.") and name.endswith(".tmp")
 
 
 def _checked_arrays(schema: dict[str, Any], split: str, arrays: SplitArrays) -> dict[str, np.ndarray]:

@@ -24,10 +24,12 @@ the number of workers and the chunk size. Memory: a few chunks per worker, the v
 from __future__ import annotations
 
 import collections
+import ctypes
 import hashlib
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import zlib
 from concurrent.futures import ProcessPoolExecutor
@@ -39,7 +41,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..io_utils import atomic_dir
-from .columns import OOV_ID, PADDING_ID, IntVocab, write_schema
+from .columns import OOV_ID, PADDING_ID, IntVocab, check_replaceable, write_schema
 from .text import Chunk, count_lines
 from .vocab import KeyCounter, count_run, fit, key_text, to_json
 
@@ -331,9 +333,28 @@ def _init_worker(state: dict[str, Any]) -> None:
     _STATE.update(state, files={}, outputs={})
 
 
-def _init_pool_worker(state: dict[str, Any]) -> None:
+def _init_pool_worker(state: dict[str, Any], parent: int) -> None:
+    _die_with(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
     _init_worker(state)
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with(parent: int) -> None:
+    """Have the kernel kill this worker when `parent` (the prepare that spawned it) dies.
+
+    A parent killed by SIGKILL (or the OOM killer) runs no cleanup: without this its workers wait on
+    their task queue for minutes, holding memory, and keep the multiprocessing resource tracker alive
+    (it exits once the last process holding its pipe is gone). Linux only; elsewhere workers outlive
+    a killed parent. (The kernel watches the thread that spawned the worker: ProcessPoolExecutor
+    spawns from the thread that submits the tasks, which outlives the pool.)
+    """
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 def _close_worker() -> None:
@@ -484,7 +505,7 @@ class _Runner:
         if self.workers > 1:
             ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads
             self.pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_pool_worker,
-                                            initargs=(self.state,))
+                                            initargs=(self.state, os.getpid()))
         else:
             _init_worker(self.state)
         return self
@@ -606,7 +627,7 @@ def prepare_text(fmt: TextFormat, plan: SplitPlan, out_dir: str | Path, opts: En
     sizes, pos = _positions(rows, bad_rows, job.split_names, sources, plan)
     hasher.join()
 
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, check_replaceable) as tmp:
         recover_plan = _recovery_plan(fmt, counters, mv_counters, vocabs, mv_vocabs)
         texts = _write_columns(tmp, job, rows, pos, sizes, mv_lengths, vocabs, mv_vocabs, recover_plan)
         schema = _schema(fmt, format_name, plan, opts, sources, digests, vocabs, mv_vocabs, texts,
@@ -636,7 +657,7 @@ def encode_text(fmt: TextFormat, path: str | Path, out_dir: str | Path, opts: En
     sizes, pos = _positions(rows, bad_rows, job.split_names, job.sources, plan)
     hasher.join()
 
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, check_replaceable) as tmp:
         _write_columns(tmp, job, rows, pos, sizes, mv_lengths, vocabs, mv_vocabs, recover=[])
         encoded = {**schema, "label": fmt.label,
                    "options": {**schema["options"], "on_bad_row": opts.on_bad_row},

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Callable, Optional
 
 from ..config import DatasetConfig
 from ..errors import InputError
 from ..io_utils import atomic_file
-from .columns import load_prepared
+from .columns import PREPARED_FROM, check_replaceable, load_prepared
 from .criteo import prepare_criteo
 from .csv_ids import prepare_csv_ids
 from .libfm import prepare_libfm
@@ -24,8 +25,6 @@ from .synthetic import generate_synthetic
 def _streaming(preparer: Callable[..., Path]) -> Callable[[DatasetConfig, Path, bool], Path]:
     return lambda cfg, out, progress: preparer(cfg, out, progress=progress, schema=cfg.schema)
 
-
-PREPARED_FROM = "prepared_from.json"  # the DatasetConfig a folder was prepared from
 
 _PREPARERS: dict[str, Callable[[DatasetConfig, Path, bool], Path]] = {
     "synthetic": lambda cfg, out, progress: generate_synthetic(cfg, out),
@@ -42,7 +41,10 @@ def prepare(cfg: DatasetConfig, out_dir: Optional[str | Path] = None, progress: 
     if preparer is None:
         raise InputError(f"config key 'dataset.format': unknown format {cfg.format!r} "
                          f"(known: {', '.join(_PREPARERS)})")
-    path = preparer(cfg, Path(out_dir) if out_dir is not None else cfg.resolved_prepared_dir(), progress)
+    out = Path(out_dir) if out_dir is not None else cfg.resolved_prepared_dir()
+    if os.path.lexists(out):  # fail now, not after hours of reading (the write checks it again)
+        check_replaceable(out)
+    path = preparer(cfg, out, progress)
     # Written after the folder is complete: a crash in between only costs a re-prepare, never a stale reuse.
     with atomic_file(path / PREPARED_FROM) as tmp:
         tmp.write_text(json.dumps(_dataset_options(cfg), sort_keys=True, indent=1) + "\n")

@@ -229,6 +229,17 @@ def test_lr_sequence_constant_model_patience_two(tmp_path):
     assert epochs[-1]["lr_next"] == pytest.approx(1e-4)
 
 
+def test_lr_decay_patience_cuts_after_that_many_bad_epochs_in_a_row(tmp_path):
+    data, _ = planted_data(rows=(512, 200, 100))
+    cfg = make_cfg(tmp_path, epochs=20, lr=1e-2, lr_decay=0.1, min_lr=1e-6, patience=5, lr_decay_patience=2)
+    result = train(cfg, data, model=ConstantModel(VOCAB))
+    epochs = [r for r in read_log(tmp_path / "log.jsonl") if r["event"] == "epoch"]
+    assert result["epochs"] == 1 + 5
+    # bad epochs 2..6: the cut comes after the 2nd and the 4th of them
+    assert [r["lr"] for r in epochs] == pytest.approx([1e-2, 1e-2, 1e-2, 1e-3, 1e-3, 1e-4])
+    assert epochs[-1]["lr_next"] == pytest.approx(1e-4)
+
+
 def test_plateau_resets_on_improvement_and_needs_min_delta():
     plateau = Plateau(patience=2)
     steps = [(0.60, True), (0.60, False), (0.6000005, False), (0.70, True), (0.70 + 2e-6, True),

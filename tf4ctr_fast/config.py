@@ -106,6 +106,10 @@ class TrainConfig:
     lr_decay: float = 0.1
     min_lr: float = 1e-6
     patience: int = 2
+    # non-improving epochs in a row before each lr cut: 1 = the paper's (FuxiCTR's) protocol, which cuts
+    # after any single noisy epoch; 2 cuts only after two (then raise patience above it, or the run
+    # stops when it would cut)
+    lr_decay_patience: int = 1
     monitor: str = "auc"           # "auc" | "auc+gauc" | "logloss" (minimized)
     seed: int = 2023
     device: str = "auto"           # "auto" | "cpu" | "cuda"

@@ -123,7 +123,8 @@ def plan_runs(out: Path, configs: Sequence[dict[str, str]], seeds: Sequence[int]
     if len(set(folders)) != len(folders):
         raise InputError("--grid: two configurations map to the same folder name; use values that differ "
                          "in letters or digits")
-    return [Run(c, s, out / f / f"seed{s}") for c, f in zip(configs, folders) for s in seeds]
+    # seed-major: a sweep stopped half-way has whole seeds, so its paired comparisons already hold
+    return [Run(c, s, out / f / f"seed{s}") for s in seeds for c, f in zip(configs, folders)]
 
 
 # ---- running ----------------------------------------------------------------------------------------

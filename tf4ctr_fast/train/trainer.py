@@ -2,7 +2,8 @@
 
 Per batch: loss = model.loss(x, y)["loss"] + model.regularization(); backward; clip the global
 gradient norm; Adam step. Per epoch: evaluate valid; an epoch whose monitor does not reach
-best + 1e-6 multiplies the lr by lr_decay (floor min_lr) and counts toward patience, an improving
+best + 1e-6 counts toward patience, and each train.lr_decay_patience-th of them in a row (1: every
+one, the paper's protocol) multiplies the lr by lr_decay (floor min_lr); an improving
 one resets the count and saves the best checkpoint. At the end the best weights are reloaded and
 valid and test evaluated.
 
@@ -179,7 +180,7 @@ def _check_config(cfg: RunConfig, data: Any, device: torch.device) -> None:
     if tc.monitor == "auc+gauc" and not data.group_field:
         raise InputError("config key 'train.monitor': 'auc+gauc' needs a dataset with a group field "
                          "(dataset.group_field)")
-    for key in ("batch_size", "eval_batch_size", "epochs", "nproc"):
+    for key in ("batch_size", "eval_batch_size", "epochs", "nproc", "lr_decay_patience"):
         if getattr(tc, key) < 1:
             raise InputError(f"config key 'train.{key}': must be >= 1, got {getattr(tc, key)}")
     if tc.loader not in LOADERS:
@@ -493,7 +494,7 @@ def _fit(cfg: RunConfig, data: Any, replica: _Local | _Sharded, device: torch.de
                 best_epoch = epoch
                 if main:
                     save_checkpoint(ckpt_path, replica.main_model, cfg, data.schema, epoch, metrics)
-            else:
+            elif plateau.bad_epochs % tc.lr_decay_patience == 0:
                 _decay_lr(optimizer, sparse, tc.lr_decay, tc.min_lr)
 
             if main:

@@ -133,8 +133,17 @@ def _train_command(config_path: Optional[str], overrides: Sequence[str], run: Ru
     cmd = [sys.executable, "-m", "tf4ctr_fast.cli", "train"]
     if config_path:
         cmd += ["--config", config_path]
-    return cmd + [*overrides, *(f"{k}={v}" for k, v in run.config.items()), f"train.seed={run.seed}",
-                  f"train.out_dir={run.out_dir}", f"train.num_threads={threads}", "train.progress=false"]
+    return cmd + [f"train.num_threads={threads}", *overrides, *(f"{k}={v}" for k, v in run.config.items()),
+                  f"train.seed={run.seed}", f"train.out_dir={run.out_dir}", "train.progress=false"]
+
+
+def _threads(overrides: Sequence[str], jobs: int) -> int:
+    """train.num_threads when the overrides set it (e.g. two sweeps side by side), else the cores
+    split between the jobs."""
+    given = [o.partition("=")[2] for o in overrides if o.partition("=")[0].strip() == "train.num_threads"]
+    if given and given[-1].strip().isdigit() and int(given[-1]) > 0:
+        return int(given[-1])
+    return max(1, (os.cpu_count() or 1) // jobs)
 
 
 def run_all(runs: Sequence[Run], config_path: Optional[str], overrides: Sequence[str], jobs: int,
@@ -144,7 +153,7 @@ def run_all(runs: Sequence[Run], config_path: Optional[str], overrides: Sequence
     from tqdm import tqdm
 
     todo = [r for r in runs if not r.finished]
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = _threads(overrides, jobs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
     running: dict[subprocess.Popen, tuple[Run, object]] = {}
     codes: dict[str, int] = {}

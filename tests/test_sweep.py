@@ -9,8 +9,8 @@ import pytest
 
 from tf4ctr_fast import cli
 from tf4ctr_fast.errors import InputError
-from tf4ctr_fast.sweep import (configurations, folder_of, paired, parse_grid, parse_seeds, t_two_tailed_p,
-                               welch)
+from tf4ctr_fast.sweep import (configurations, folder_of, paired, parse_grid, parse_seeds, seeds_for_power,
+                               t_two_tailed_p, welch)
 
 # DNN test AUCs over 7 seeds (issue "Comparisons users can trust") against a made-up tighter set
 A = [0.98336, 0.98448, 0.98444, 0.98089, 0.98508, 0.98464, 0.98516]
@@ -34,6 +34,13 @@ def test_paired_matches_scipy():
                                          (12, 1.5, 0.018042029274027864), (-2.5, 3.7, 0.07182202291182678)])
 def test_t_distribution_tail_matches_scipy(t, df, want):
     assert t_two_tailed_p(t, df) == pytest.approx(want, rel=1e-9)   # 2 * scipy.stats.t.sf(|t|, df)
+
+
+def test_seeds_for_power():
+    # sigma 0.0015 (the project's DNN on Frappe) and a 0.001 AUC claim: 2 * 2.8016^2 * 2.25 = 35.3
+    assert seeds_for_power(0.001, 0.0015, 0.0015) == 36
+    assert seeds_for_power(-0.004, 0.0015, 0.0015) == 3
+    assert seeds_for_power(0.0, 0.001, 0.001) is None
 
 
 def test_degenerate_samples():

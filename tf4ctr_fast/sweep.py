@@ -273,6 +273,19 @@ def paired(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, float]
     return t, df, t_two_tailed_p(t, df)
 
 
+Z_ALPHA, Z_POWER = 1.959964, 0.841621   # two-tailed 5 % level, 80 % power (normal quantiles)
+
+
+def seeds_for_power(diff: float, std_a: float, std_b: float) -> Optional[int]:
+    """Seeds per configuration for an 80 %-power two-tailed 5 % test to detect `diff` at these
+    spreads (normal approximation, 2 (z_a + z_b)^2 s^2 / diff^2 with the pooled s): how many a claim
+    of this size needs under this protocol."""
+    var = (std_a * std_a + std_b * std_b) / 2
+    if diff == 0 or math.isnan(var) or math.isnan(diff):
+        return None
+    return max(2, math.ceil(2 * (Z_ALPHA + Z_POWER) ** 2 * var / (diff * diff)))
+
+
 # ---- the table --------------------------------------------------------------------------------------
 
 @dataclass
@@ -318,8 +331,10 @@ def summarize(results: Sequence[ConfigResult], baseline: str) -> dict:
                     t, df, p = welch(list(values.values()), list(ref.values()))
                     common = sorted(set(values) & set(ref))
                     tp, dfp, pp = paired([values[s] for s in common], [ref[s] for s in common])
-                    entry.update(diff=mean - mean_std(list(ref.values()))[0], welch_t=t, welch_df=df, welch_p=p,
-                                 paired_n=len(common), paired_t=tp, paired_p=pp)
+                    ref_mean, ref_std = mean_std(list(ref.values()))
+                    entry.update(diff=mean - ref_mean, welch_t=t, welch_df=df, welch_p=p,
+                                 paired_n=len(common), paired_t=tp, paired_p=pp,
+                                 seeds_for_power=seeds_for_power(mean - ref_mean, std, ref_std))
             row["metrics"][key] = entry
         rows.append(row)
     return {"baseline": baseline if base is not None else None, "rows": rows}
@@ -334,11 +349,12 @@ def to_markdown(summary: dict, title: str) -> str:
              f"Baseline for the tests: `{summary['baseline']}`." if summary["baseline"] else
              "No baseline configuration: no tests.", "",
              "Mean ± sample std over seeds; Δ = mean − baseline mean; p: two-tailed, Welch's t-test and the "
-             "paired t-test over the seeds both ran (n pairs).", ""]
+             "paired t-test over the seeds both ran (n pairs); seeds/80%: seeds per configuration that a "
+             "5 %-level test needs to detect this Δ at these spreads with 80 % power.", ""]
     metrics = [f"{s}_{m}" for s, m in METRICS if any(f"{s}_{m}" in r["metrics"] for r in summary["rows"])]
     lines.append("| configuration | seeds | " + " | ".join(
-        f"{k.replace('_', ' ')} | Δ | p Welch | p paired" for k in metrics) + " |")
-    lines.append("|---|---:|" + "---:|---:|---:|---:|" * len(metrics))
+        f"{k.replace('_', ' ')} | Δ | p Welch | p paired | seeds/80%" for k in metrics) + " |")
+    lines.append("|---|---:|" + "---:|---:|---:|---:|---:|" * len(metrics))
     for row in summary["rows"]:
         cells = [f"`{row['configuration']}`",
                  f"{len(row['seeds'])}" + (f" (missing {', '.join(map(str, row['missing_seeds']))})"
@@ -346,12 +362,13 @@ def to_markdown(summary: dict, title: str) -> str:
         for key in metrics:
             e = row["metrics"].get(key)
             if e is None:
-                cells += ["", "", "", ""]
+                cells += [""] * 5
                 continue
             cells.append(f"{e['mean']:.5f} ± {_fmt(e['std'], '.5f') or 'n/a'}")
             cells.append(_fmt(e.get("diff"), "+.5f"))
             cells.append(_fmt(e.get("welch_p"), ".3g"))
             cells.append(_fmt(e.get("paired_p"), ".3g") + (f" ({e['paired_n']})" if "paired_n" in e else ""))
+            cells.append(str(e["seeds_for_power"]) if e.get("seeds_for_power") else "")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -35,6 +35,7 @@ warnings.filterwarnings("ignore", module="fbgemm_gpu")
 from tf4ctr_fast.config import ModelConfig, SyntheticConfig  # noqa: E402
 from tf4ctr_fast.data.synthetic import synthesize  # noqa: E402
 from tf4ctr_fast.models import build_engine_model, reference_to_engine_state_dict  # noqa: E402
+from tf4ctr_fast.train.precision import autocast  # noqa: E402
 
 
 # ---- sizes -----------------------------------------------------------------------------------------
@@ -203,16 +204,18 @@ def build_pair(vocab_sizes: Sequence[int], device: torch.device) -> tuple[nn.Mod
     return reference, engine
 
 
-def training_step(model: nn.Module) -> Callable[[Tensor, Tensor], None]:
-    """step(ids, y): one trainer step, as tf4ctr_fast.train.trainer does it: loss + regularizer,
-    backward (fused tables update in here), clip the dense gradients' norm, Adam on the dense
-    parameters; then a device sync, so that a timer around it sees the work done."""
+def training_step(model: nn.Module, precision: str = "fp32") -> Callable[[Tensor, Tensor], None]:
+    """step(ids, y): one trainer step, as tf4ctr_fast.train.trainer does it: loss + regularizer (the
+    forward under train.precision's autocast), backward (fused tables update in here), clip the dense
+    gradients' norm, Adam on the dense parameters; then a device sync, so that a timer around it sees
+    the work done."""
     params = list(model.dense_parameters())
     optimizer = torch.optim.Adam(params, lr=DENSE_LR)
 
     def step(ids: Tensor, y: Tensor) -> None:
         optimizer.zero_grad(set_to_none=True)
-        loss = model.loss(ids, y)["loss"] + model.regularization()
+        with autocast(precision, ids.device):
+            loss = model.loss(ids, y)["loss"] + model.regularization()
         loss.backward()
         nn.utils.clip_grad_norm_(params, CLIP_NORM)
         optimizer.step()

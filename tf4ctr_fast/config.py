@@ -113,6 +113,9 @@ class TrainConfig:
     monitor: str = "auc"           # "auc" | "auc+gauc" | "logloss" (minimized)
     seed: int = 2023
     device: str = "auto"           # "auto" | "cpu" | "cuda"
+    # the training forward: "fp32" | "bf16" (autocast; weights, optimizer, loss and metrics stay
+    # float32) | "auto" (bf16 where the device runs it fast); train/precision.py
+    precision: str = "fp32"
     num_threads: int = 0           # per process; 0: torch's default (divided between train.nproc processes)
     out_dir: str = ""              # default: runs/<dataset>_<model>_<backend>_<head>_seed<seed>
     difficulty_thresholds: list[float] = field(default_factory=lambda: [0.3, 0.6])

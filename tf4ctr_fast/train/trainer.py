@@ -54,6 +54,7 @@ from ..io_utils import atomic_file
 from . import plots
 from .checkpoint import _build_model, restore_weights, save_checkpoint, sparse_optimizer_of
 from .metrics import auc, difficulty_counts, gauc, logloss
+from .precision import autocast, resolve_precision
 from .runlog import RunLog, environment, to_jsonable
 
 logger = logging.getLogger(__name__)
@@ -183,6 +184,7 @@ def _check_config(cfg: RunConfig, data: Any, device: torch.device) -> None:
     for key in ("batch_size", "eval_batch_size", "epochs", "nproc", "lr_decay_patience"):
         if getattr(tc, key) < 1:
             raise InputError(f"config key 'train.{key}': must be >= 1, got {getattr(tc, key)}")
+    resolve_precision(tc.precision, device)       # an unknown name stops the run before any work
     if tc.loader not in LOADERS:
         raise InputError(f"config key 'train.loader': {tc.loader!r} is not one of {', '.join(LOADERS)}")
     if tc.max_steps_per_epoch is not None and tc.max_steps_per_epoch < 1:
@@ -319,7 +321,7 @@ class _Sharded:
 
 
 def _train_epoch(replica: _Local | _Sharded, optimizer: torch.optim.Optimizer, loader: Any,
-                 cfg: RunConfig, epoch: int) -> dict[str, Any]:
+                 cfg: RunConfig, epoch: int, precision: str = "fp32") -> dict[str, Any]:
     """One pass over the training batches (capped by max_steps_per_epoch); loss stays on the device.
     train_loss is the mean over steps (and ranks) of the step loss; samples count whole batches."""
     tc = cfg.train
@@ -338,7 +340,8 @@ def _train_epoch(replica: _Local | _Sharded, optimizer: torch.optim.Optimizer, l
             # must join each step's collectives.
             continue
         optimizer.zero_grad()
-        loss = replica.loss(x, y)
+        with autocast(precision, loader.device):
+            loss = replica.loss(x, y)
         loss.backward()                 # fused tables take their sparse optimizer step in here
         nn.utils.clip_grad_norm_(replica.dense_params, tc.clip_norm)
         optimizer.step()
@@ -446,6 +449,8 @@ def _fit(cfg: RunConfig, data: Any, replica: _Local | _Sharded, device: torch.de
     optimizer = torch.optim.Adam(replica.dense_params, lr=tc.lr)
     sparse = replica.sparse_optimizer
     plateau = Plateau(patience=tc.patience)
+    # the training forward's arithmetic; evaluation always runs in float32 (the monitor decides the lr)
+    precision, precision_why = resolve_precision(tc.precision, device)
 
     out_dir = cfg.resolved_out_dir()
     ckpt_path = out_dir / CHECKPOINT_NAME
@@ -467,12 +472,13 @@ def _fit(cfg: RunConfig, data: Any, replica: _Local | _Sharded, device: torch.de
         if main:
             loaders = {"train": type(train_loader).__name__, "valid": type(valid_loader).__name__}
             log.write("params", config=cfg.to_dict(), schema_summary=_schema_summary(data, splits),
-                      env=environment(device), loaders=loaders)
+                      env=environment(device), loaders=loaders, precision=precision)
+            logger.info("precision: %s (%s)", precision, precision_why)
             logger.info("loaders: %s", ", ".join(f"{k} {v}" for k, v in loaders.items()))
         for epoch in range(1, tc.epochs + 1):
             epoch_start = time.perf_counter()
             lr, sparse_lr = _lr(optimizer), _lr(sparse)
-            stats = _train_epoch(replica, optimizer, train_loader, cfg, epoch)
+            stats = _train_epoch(replica, optimizer, train_loader, cfg, epoch, precision)
             train_samples += stats["train_samples"]
             train_seconds += stats["train_time_s"]
 

@@ -280,7 +280,7 @@ def test_exception_mid_run_leaves_only_complete_artifacts(tmp_path):
     for stale in ("results.json", "best.pt", "difficulty.png"):      # left by an earlier run here
         (tmp_path / stale).write_text("old")
     with pytest.raises(RuntimeError, match="boom"):
-        train(cfg, data, model=FailsInEpochTwo(VOCAB, fail_at_call=4 + 2))
+        train(cfg, data, model=FailsInEpochTwo(VOCAB, fail_at_call=4 + 2), overwrite=True)
     assert temp_files(tmp_path) == []
     assert not (tmp_path / "results.json").exists() and not (tmp_path / "difficulty.png").exists()
     assert [r["event"] for r in read_log(tmp_path / "log.jsonl")] == ["params", "epoch"]

@@ -333,6 +333,8 @@ def test_same_seed_same_run(tmp_path, monkeypatch):
     ("monitor", "AUC", "train.monitor"),
     ("device", "tpu", "train.device"),
     ("difficulty_thresholds", [0.6, 0.3], "train.difficulty_thresholds"),
+    ("checkpoint_every_steps", -1, "train.checkpoint_every_steps"),
+    ("divergence_factor", 0.5, "train.divergence_factor"),
 ])
 def test_bad_train_config_raises_input_error_naming_key(tmp_path, key, value, message):
     data, _ = planted_data(rows=(64, 32, 16))

@@ -116,9 +116,9 @@ class TrainConfig:
     sharding: str = "table_wise"   # "table_wise" | "column_wise" | "row_wise" (CUDA only)
     # last.pt, the resumable checkpoint (docs/runs.md), is written at every epoch end and, within an
     # epoch: null (default) once a minute of training has passed since the last one and 50 times as
-    # long as that one took to write (so writing costs <= 2% of the time, and a kill loses about a
-    # minute of work, more for models whose checkpoint takes over 1.2 s to write); N >= 1: every N
-    # steps of an epoch; 0: at epoch ends only. One-process runs only (train.nproc 1).
+    # long as that one took to write (so mid-epoch writes cost <= 2% of the time, and a kill loses
+    # about a minute of work, more for models whose checkpoint takes over 1.2 s to write); N >= 1:
+    # every N steps of an epoch. 0: none (only on SIGTERM / Ctrl-C). One-process runs only.
     checkpoint_every_steps: Optional[int] = None
     # Stop a run whose mean train loss in an epoch (read every 20 steps and at its end) exceeds this
     # multiple of the first epoch's; 0 disables. A non-finite loss or gradient norm always stops it.

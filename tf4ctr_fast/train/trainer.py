@@ -402,8 +402,9 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 class _LastCheckpoint:
-    """Writes last.pt, the resumable checkpoint: at every epoch end, and within an epoch when `due`
-    (train.checkpoint_every_steps) or when a signal asks for a stop. One-process runs only."""
+    """Writes last.pt, the resumable checkpoint: at every epoch end and within an epoch when `due`
+    (train.checkpoint_every_steps; 0: neither), and when a signal asks for a stop. One-process runs
+    only."""
 
     def __init__(self, path: Path, replica: _Local, optimizer: torch.optim.Optimizer, loader: Any,
                  cfg: RunConfig, schema: dict, log: RunLog, run_start: float):
@@ -413,6 +414,10 @@ class _LastCheckpoint:
         self.last_time = time.perf_counter()
         self.write_s = 0.0
         self.saved_at: Optional[str] = None    # where the run stood at the last.pt now on disk
+
+    @property
+    def periodic(self) -> bool:
+        return self.every != 0
 
     def due(self, step: int) -> bool:
         if self.every is not None:
@@ -723,7 +728,7 @@ def _fit(cfg: RunConfig, data: Any, replica: _Local | _Sharded, device: torch.de
                                 stats["train_samples_per_s"] or 0.0, record["epoch_time_s"])
                 run.end_epoch(stats, record, train_loader)
                 # last.pt before best.pt: see _resume
-                if last is not None:
+                if last is not None and last.periodic:
                     last.save(run)
                 if improved and main:
                     save_checkpoint(best_path, replica.main_model, cfg, data.schema, epoch, metrics)

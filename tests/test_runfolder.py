@@ -47,9 +47,10 @@ def test_a_finished_run_is_kept_unless_overwrite_which_removes_only_its_own_file
     assert not (tmp_path / ".best.pt.x1y2.tmp").exists()
 
 
-def test_an_unfinished_run_is_refused_with_how_to_resume_and_resumes_exactly(tmp_path, capsys):
+@pytest.mark.parametrize("loader", ["device", "streaming"])
+def test_an_unfinished_run_is_refused_with_how_to_resume_and_resumes_exactly(tmp_path, capsys, loader):
     data, _ = planted_data(rows=(512, 200, 100))
-    cfg = make_cfg(tmp_path / "run", batch_size=128, checkpoint_every_steps=1)     # 4 steps an epoch
+    cfg = make_cfg(tmp_path / "run", batch_size=128, checkpoint_every_steps=1, loader=loader)  # 4 steps an epoch
     with pytest.raises(RuntimeError, match="boom"):
         train(cfg, data, model=FailsInEpochTwo(VOCAB, fail_at_call=4 + 3))
     before = folder_bytes(tmp_path / "run")
@@ -65,7 +66,7 @@ def test_an_unfinished_run_is_refused_with_how_to_resume_and_resumes_exactly(tmp
     assert "only train.progress, train.num_threads, train.checkpoint_every_steps" in capsys.readouterr().err
 
     resumed = train(cfg, data, model=TinyLogistic(VOCAB), resume=True)
-    whole = train(make_cfg(tmp_path / "whole", batch_size=128), data, model=TinyLogistic(VOCAB))
+    whole = train(make_cfg(tmp_path / "whole", batch_size=128, loader=loader), data, model=TinyLogistic(VOCAB))
     assert resumed["valid"] == whole["valid"] and resumed["test"] == whole["test"]
     events = [r["event"] for r in read_log(tmp_path / "run" / "log.jsonl")]
     assert events == ["params", "epoch", "resumed", *["epoch"] * (resumed["epochs"] - 1), "result"]

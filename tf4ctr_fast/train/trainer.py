@@ -36,8 +36,8 @@ import json
 import logging
 import math
 import random
-import sys
 import signal
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path

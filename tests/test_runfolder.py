@@ -12,7 +12,7 @@ from tf4ctr_fast.cli import main
 from tf4ctr_fast.errors import InputError
 from tf4ctr_fast.train.checkpoint import read_checkpoint
 from tf4ctr_fast.train.runfolder import open_run
-from tf4ctr_fast.train.runlog import read_log
+from tf4ctr_fast.train.runlog import RunLog, read_log
 from tf4ctr_fast.train.trainer import train
 
 
@@ -101,3 +101,46 @@ def test_divergence_stops_the_run_keeping_the_last_good_checkpoint(tmp_path, fac
     assert (last["run"]["epoch"], last["run"]["step"]) == (2, 2)
     assert all(torch.isfinite(v).all() for v in last["model_state"].values())
     assert read_checkpoint(tmp_path / "best.pt")["epoch"] == 1
+
+
+def test_resume_rewrites_a_best_checkpoint_a_kill_kept_from_being_written(tmp_path):
+    """Killed between last.pt and best.pt at the end of an improving epoch: best.pt comes from last.pt."""
+    data, _ = planted_data(rows=(512, 200, 100))
+    cfg = make_cfg(tmp_path / "run", batch_size=128, epochs=3)   # last.pt at epoch ends only, this short
+    with pytest.raises(RuntimeError, match="boom"):
+        train(cfg, data, model=FailsInEpochTwo(VOCAB, fail_at_call=4 + 1))
+    last = read_checkpoint(tmp_path / "run" / "last.pt")
+    assert (last["run"]["epoch"], last["run"]["step"], last["run"]["best_epoch"]) == (2, 0, 1)
+    (tmp_path / "run" / "best.pt").unlink()
+    resumed = train(cfg, data, model=TinyLogistic(VOCAB), resume=True)
+    whole = train(make_cfg(tmp_path / "whole", batch_size=128, epochs=3), data, model=TinyLogistic(VOCAB))
+    assert resumed["valid"] == whole["valid"] and resumed["best_epoch"] == whole["best_epoch"]
+
+
+def test_a_best_checkpoint_that_disagrees_with_last_is_refused(tmp_path):
+    data, _ = planted_data(rows=(512, 200, 100))
+    cfg = make_cfg(tmp_path, batch_size=128, checkpoint_every_steps=1)
+    with pytest.raises(RuntimeError, match="boom"):
+        train(cfg, data, model=FailsInEpochTwo(VOCAB, fail_at_call=4 + 3))     # last.pt: epoch 2 step 2
+    (tmp_path / "best.pt").unlink()
+    with pytest.raises(InputError, match=rf"{tmp_path / 'best.pt'}: does not hold epoch 1, the best one"):
+        train(cfg, data, model=TinyLogistic(VOCAB), resume=True)
+
+
+def test_sharded_runs_cannot_be_resumed(tmp_path):
+    data, _ = planted_data(rows=(64, 32, 16))
+    cfg = make_cfg(tmp_path, nproc=2)
+    cfg.model.backend = "torchrec"
+    with pytest.raises(InputError, match="train.nproc > 1 cannot be resumed"):
+        train(cfg, data, resume=True)
+
+
+def test_the_log_goes_on_after_the_records_a_checkpoint_accounts_for(tmp_path):
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"event": "params"}\n{"event": "epoch"}\n{"event": "epoch"}\n{"event": "ep')  # cut by a kill
+    with RunLog(path, keep=2) as log:
+        log.write("resumed")
+        assert log.records == 3
+    assert [r["event"] for r in read_log(path)] == ["params", "epoch", "resumed"]
+    with pytest.raises(InputError, match="fewer than the 5 records"):
+        RunLog(path, keep=5)

@@ -159,7 +159,7 @@ def test_sigterm_exits_143_with_a_resumable_checkpoint(config, reference_runs, t
     # no periodic checkpoints: the one there is after the signal is written for it
     proc = start_train(config, out, "train.checkpoint_every_steps=0")
     wait_for(lambda: epochs_logged(out) >= 1, proc, "epoch 1's end")
-    time.sleep(0.3)
+    time.sleep(0.6)         # into epoch 2's steps (an epoch takes over a second)
     assert not (out / "last.pt").exists()
     proc.send_signal(signal.SIGTERM)
     code, err = finish(proc)

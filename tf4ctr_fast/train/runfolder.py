@@ -31,7 +31,8 @@ BEST_NAME = "best.pt"
 LAST_NAME = "last.pt"              # the resumable checkpoint (trainer: periodic and at epoch ends)
 RESULTS_NAME = "results.json"      # written last: its presence marks a finished run
 RUN_FILES = (RESULTS_NAME, LOG_NAME, BEST_NAME, LAST_NAME, *plots.PLOT_NAMES)
-# What a resume may change: nothing the remaining steps compute depends on.
+# What a resume may change: how the run shows progress and checkpoints, not what it computes
+# (train.num_threads only changes the order of CPU float sums; docs/runs.md).
 RESUME_KEYS = ("train.progress", "train.num_threads", "train.checkpoint_every_steps")
 
 

@@ -125,7 +125,8 @@ def test_train_reprepares_when_dataset_options_change(ids_dataset, capsys):
     assert main(["prepare", "--config", str(config)]) == 0
     assert main(["train", "--config", str(config), *TINY_MODEL, "train.epochs=1"]) == 0
     assert "preparing" not in capsys.readouterr().out  # same options: the folder is reused
-    assert main(["train", "--config", str(config), *TINY_MODEL, "train.epochs=1", "dataset.min_count=3"]) == 0
+    assert main(["train", "--config", str(config), *TINY_MODEL, "train.epochs=1", "dataset.min_count=3",
+                 "--overwrite"]) == 0
     assert "prepared with other dataset options" in capsys.readouterr().out
     schema = json.loads((tmp_path / "prepared" / "schema.json").read_text())
     assert schema["options"]["min_count"] == 3

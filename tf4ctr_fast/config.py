@@ -134,6 +134,15 @@ class TrainConfig:
     # the tables are sharded across them. One GPU per process when CUDA is available, else gloo on CPU.
     nproc: int = 1
     sharding: str = "table_wise"   # "table_wise" | "column_wise" | "row_wise" (CUDA only)
+    # last.pt, the resumable checkpoint (docs/runs.md), is written at every epoch end and, within an
+    # epoch: null (default) once a minute of training has passed since the last one and 50 times as
+    # long as that one took to write (so mid-epoch writes cost <= 2% of the time, and a kill loses
+    # about a minute of work, more for models whose checkpoint takes over 1.2 s to write); N >= 1:
+    # every N steps of an epoch. 0: none (only on SIGTERM / Ctrl-C). One-process runs only.
+    checkpoint_every_steps: Optional[int] = None
+    # Stop a run whose mean train loss in an epoch (read every 20 steps and at its end) exceeds this
+    # multiple of the first epoch's; 0 disables. A non-finite loss or gradient norm always stops it.
+    divergence_factor: float = 100.0
 
 
 @dataclass
@@ -225,6 +234,20 @@ def _set_path(data: dict, dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...],
+                    allowed: Optional[tuple[str, ...]] = None) -> None:
+    """Set each `a.b=value` (the value parsed as YAML) in the config mapping `data`; `allowed`: the
+    only keys that may be set (None: any)."""
+    for item in overrides:
+        if "=" not in item:
+            raise InputError(f"override '{item}': expected key=value, e.g. train.lr=0.001")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if allowed is not None and key not in allowed:
+            raise InputError(f"override '{item}': only {', '.join(allowed)} may be set here")
+        _set_path(data, key, yaml.safe_load(raw) if raw.strip() else None)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Defaults <- YAML file <- `a.b=value` overrides (values parsed as YAML)."""
     data: dict = {}
@@ -238,11 +261,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise InputError(f"{p}: not valid YAML: {e}") from None
         if not isinstance(data, dict):
             raise InputError(f"{p}: expected a mapping with dataset/model/train sections")
-    for item in overrides:
-        if "=" not in item:
-            raise InputError(f"override '{item}': expected key=value, e.g. train.lr=0.001")
-        key, raw = item.split("=", 1)
-        _set_path(data, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+    apply_overrides(data, overrides)
     where = f"{path}: " if path is not None else ""
     try:
         return _from_dict(RunConfig, data)

@@ -69,9 +69,10 @@ def _to_cpu(value: Any) -> Any:
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, cfg: RunConfig, schema: dict,
-                    epoch: int, metrics: dict) -> None:
-    """Write the checkpoint atomically: a crash mid-write leaves no file at `path`."""
-    payload = {
+                    epoch: int, metrics: dict, extra: Optional[dict[str, Any]] = None) -> None:
+    """Write the checkpoint atomically: a crash mid-write leaves no file at `path`. `extra`: more
+    entries (tensors and plain values), e.g. the training state of a resumable checkpoint."""
+    payload = {**_to_cpu(extra or {}),
         "format_version": FORMAT_VERSION,
         "model_state": _to_cpu(model.state_dict()),
         "config": cfg.to_dict(),

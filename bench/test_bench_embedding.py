@@ -20,8 +20,8 @@ import torch
 from harness import (DENSE_LR, MODEL, SPARSE_EPS, SPARSE_LR, assert_fused_update, criteo_batch,
                      criteo_vocab_sizes, field_names, record, sync)
 from tf4ctr_fast.embedding import SERTables, SERTablesConfig
-from tf4ctr_fast.reference.layers import embedding_l2
-from tf4ctr_fast.reference.ssem import SER
+from tf4ctr_fast.layers.embedding import embedding_l2
+from tf4ctr_fast.layers.ssem import SER
 
 DIM = MODEL.embedding_dim
 

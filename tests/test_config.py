@@ -2,12 +2,14 @@ import pytest
 
 from tf4ctr_fast.config import RunConfig, load_config
 from tf4ctr_fast.errors import InputError
+from tf4ctr_fast.models import resolve_params
 
 
 def test_defaults_are_the_embedded_demo():
     cfg = load_config()
     assert isinstance(cfg, RunConfig)
-    assert (cfg.dataset.format, cfg.model.name, cfg.model.ssem, cfg.model.dfm) == ("synthetic", "TF4CTR", "SER", "WSF")
+    params = resolve_params(cfg.model)
+    assert (cfg.dataset.format, cfg.model.name, params.ssem, params.dfm) == ("synthetic", "TF4CTR", "SER", "WSF")
 
 
 def test_yaml_then_overrides(tmp_path):

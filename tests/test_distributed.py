@@ -13,7 +13,7 @@ warnings.filterwarnings("ignore", module="fbgemm_gpu")
 from tf4ctr_fast.config import ModelConfig  # noqa: E402
 from tf4ctr_fast.distributed import launch, shard_model  # noqa: E402
 from tf4ctr_fast.errors import InputError  # noqa: E402
-from tf4ctr_fast.models import build_engine_model  # noqa: E402
+from tf4ctr_fast.models import build_model  # noqa: E402
 
 NAMES = ["a", "b", "c", "d"]
 VOCAB = [37, 19, 11, 5]
@@ -23,12 +23,12 @@ DENSE_LR, SPARSE_LR = 0.05, 0.3
 SHARDINGS = ("table_wise", "column_wise")
 # No BatchNorm: per-rank batch statistics would differ from one process's by design.
 CFG = ModelConfig(embedding_dim=16, mlp_s_hidden=[16], mlp_c_hidden=[16, 8], batch_norm=False, net_dropout=0.0,
-                  emb_reg=0.5, dfm="WSF")
+                  emb_reg=0.5, dfm="WSF", backend="torchrec")
 
 
 def _model(sharded: bool):
-    return build_engine_model(CFG, VOCAB, field_names=NAMES, sparse_optimizer="sgd", sparse_lr=SPARSE_LR,
-                              sharded=sharded)
+    return build_model(CFG, VOCAB, field_names=NAMES, sparse_optimizer="sgd", sparse_lr=SPARSE_LR,
+                       fused=not sharded)
 
 
 def _batches():
@@ -127,5 +127,5 @@ def test_row_wise_needs_cuda():
 
 
 def test_fused_model_cannot_be_sharded():
-    with pytest.raises(InputError, match="sharded=True"):
+    with pytest.raises(InputError, match="fused=False"):
         shard_model(_model(sharded=False), "table_wise", device=torch.device("cpu"))

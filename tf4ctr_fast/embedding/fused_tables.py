@@ -205,7 +205,8 @@ class FusedFieldTables(FieldTables):
         num_fields = len(cfg.field_names)
         self._stored_widths = tuple(num_fields * stored_dim(dim) for dim in self.kinds.values())
         self.emb_reg = cfg.emb_reg
-        self._out_keys = [f"{n}@{t.name}" for t in tables for n in t.feature_names]
+        # TorchRec names a pooled output f"{feature}@{table}" only when the feature feeds several tables.
+        self._out_keys = [f"{n}@{t.name}" if len(self.kinds) > 1 else n for t in tables for n in t.feature_names]
         self._single_tbe = _holds_one_tbe_in_order(self.ebc, tables)
         self.register_buffer("_bounds", torch.tensor(cfg.vocab_sizes, device=device), persistent=False)
         self.register_buffer("_row_offsets", row_offsets_for(cfg.vocab_sizes, device), persistent=False)

@@ -29,6 +29,17 @@ def positive_widths(widths: list[int]) -> bool:
     return all(units >= 1 for units in widths)
 
 
+def check_widths(require: Callable[[bool, str, str], None], params: ModelParams, *keys: str) -> None:
+    """Every hidden width under these keys is at least 1."""
+    for key in keys:
+        require(positive_widths(getattr(params, key)), key, "every hidden width must be at least 1")
+
+
+def by_field(flat: Tensor, dim: int) -> Tensor:
+    """[B, F * dim] field embeddings side by side -> [B, F, dim]."""
+    return flat.view(flat.shape[0], -1, dim)
+
+
 @dataclass(frozen=True)
 class ModelParts:
     """What a model's constructor gets besides its parameters: the shared keys (model.*), the input

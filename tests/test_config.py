@@ -80,3 +80,32 @@ def test_exponent_without_a_dot_is_a_number(tmp_path):
     assert load_config(None, ["train.device=1e-6"]).train.device == "1e-6"
     with pytest.raises(InputError, match="'train.lr': expected a number"):
         load_config(None, ["train.lr=1e-"])
+
+
+def test_model_params_are_typed_and_checked_against_the_model(tmp_path):
+    cfg = load_config(None, ["model.name=DCNv2", "model.params.num_cross_layers=2",
+                             "model.params.model_structure=stacked"])
+    params = resolve_params(cfg.model)
+    assert (params.num_cross_layers, params.model_structure, params.low_rank) == (2, "stacked", 32)
+    path = tmp_path / "bad.yaml"
+    path.write_text("model:\n  name: AutoInt\n  params:\n    attention_layer: 3\n")
+    with pytest.raises(InputError, match=r"bad\.yaml: config key 'model\.params\.attention_layer' is unknown"):
+        load_config(path)
+    with pytest.raises(InputError, match=r"'model\.params\.num_heads': expected an integer"):
+        load_config(None, ["model.name=AutoInt", "model.params.num_heads=two"])
+    with pytest.raises(InputError, match=r"'model\.params\.bridge_type': must be one of"):
+        load_config(None, ["model.name=EDCN", "model.params.bridge_type=sum"])
+
+
+def test_legacy_model_keys_map_into_params():
+    """configs/*.yaml keep TF4CTR's keys at model level: they fill model.params of any model with a
+    parameter of that name, the other models ignore them (as before the model zoo)."""
+    cfg = load_config("configs/frappe.yaml")
+    params = resolve_params(cfg.model)
+    assert (params.alpha, params.c, params.mlp_s_hidden, params.ssem) == (0.25, 0.7, [400, 400], "SER")
+    dnn = load_config("configs/frappe.yaml", ["model.name=DNN", "model.dnn_hidden=[32]"])
+    assert resolve_params(dnn.model).dnn_hidden == [32]
+    with pytest.raises(InputError, match=r"'model\.alpha' and 'model\.params\.alpha' are both set"):
+        load_config(None, ["model.alpha=0.3", "model.params.alpha=0.4"])
+    with pytest.raises(InputError, match=r"'model\.alpha': must be in \[0, 1\]"):
+        load_config(None, ["model.alpha=3"])

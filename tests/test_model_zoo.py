@@ -198,10 +198,8 @@ def _sharding_batches():
 def _ranks_main(out_path: str) -> None:
     import logging
 
-    import torch.distributed as dist
-
+    from data_parallel import train_sharded
     from tf4ctr_fast.distributed import init_distributed, shard_model, unsharded_state_dict
-    from tf4ctr_fast.features import rows_of
 
     logging.disable(logging.WARNING)
     warnings.filterwarnings("ignore")
@@ -212,18 +210,8 @@ def _ranks_main(out_path: str) -> None:
         model = _sharding_model(name, sharded=True)
         start = {k: v.detach().clone() for k, v in model.state_dict().items()}
         dmp = shard_model(model, "table_wise")
-        dense_opt = torch.optim.SGD(dmp.module.dense_parameters(), lr=DENSE_LR)
-        losses = []
-        for x, y in _sharding_batches():
-            lo, hi = rank * len(y) // world, (rank + 1) * len(y) // world
-            dense_opt.zero_grad()
-            loss = dmp(rows_of(x, lo, hi), y[lo:hi])["loss"] + dmp.module.regularization()
-            loss.backward()
-            dense_opt.step()
-            mean = loss.detach().clone()
-            dist.all_reduce(mean)
-            losses.append(mean.item() / world)
-        trained = unsharded_state_dict(dmp)
+        losses = train_sharded(dmp, _sharding_batches(), rank, world, DENSE_LR)
+        trained = unsharded_state_dict(dmp)      # a collective: every rank calls it
         if rank == 0:
             results[name] = {"start": start, "losses": losses, "trained": trained}
     if rank == 0:
@@ -243,21 +231,12 @@ def sharded_results(tmp_path_factory):
 def test_sharded_training_matches_single_process(sharded_results, name):
     """table_wise over 2 ranks, multi-valued field included, against one process running the
     data-parallel objective (the mean over the rank batches of loss + batch regularizer)."""
-    from tf4ctr_fast.features import rows_of
+    from data_parallel import train_single_process_twin
 
     got = sharded_results[name]
     model = _sharding_model(name, sharded=False)
     model.load_state_dict(got["start"])
-    dense_opt = torch.optim.SGD(model.dense_parameters(), lr=DENSE_LR)
-    losses = []
-    for x, y in _sharding_batches():
-        half = len(y) // WORLD
-        dense_opt.zero_grad()
-        total = sum(model.loss(rows_of(x, r * half, (r + 1) * half), y[r * half:(r + 1) * half])["loss"]
-                    + model.regularization() for r in range(WORLD)) / WORLD
-        total.backward()
-        dense_opt.step()
-        losses.append(total.item())
+    losses = train_single_process_twin(model, _sharding_batches(), WORLD, DENSE_LR)
     torch.testing.assert_close(torch.tensor(got["losses"]), torch.tensor(losses), rtol=1e-5, atol=0)
     expected = model.state_dict()
     assert got["trained"].keys() == expected.keys()      # gathered into the unsharded layout

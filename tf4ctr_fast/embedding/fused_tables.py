@@ -73,7 +73,7 @@ class FusedTablesConfig:
 
     field_names: list[str]
     vocab_sizes: list[int]
-    kinds: dict[str, int]
+    kinds: dict[str, int] = field(default_factory=dict)
     optimizer: str = "rowwise_adagrad"
     lr: float = 0.01
     eps: float = 1e-8

@@ -1,40 +1,29 @@
-"""DeepFM: FM (logistic regression + pairwise inner products, per sample) + an MLP over the same field
-embeddings."""
+"""DeepFM: Wide & Deep whose wide part is a full FM (logistic regression + pairwise inner products of
+the same field embeddings the MLP reads, per sample)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from torch import Tensor
 
 from ..features import ModelInput
-from ..layers.init import reset_linear_layers_
-from ..layers.mlp import MLPBlock
-from ..layers.shallow import LogisticRegression, fm_second_order
-from .base import CTRModel, ModelParams, ModelParts, by_field, check_widths
+from ..layers.shallow import fm_second_order
+from .base import ModelParts, by_field
 from .registry import register
+from .widedeep import WideDeep, WideDeepParams
 
 
 @dataclass
-class DeepFMParams(ModelParams):
-    hidden_units: list[int] = field(default_factory=lambda: [64, 64, 64])
-
-    def check(self, require) -> None:
-        check_widths(require, self, "hidden_units")
+class DeepFMParams(WideDeepParams):
+    """DeepFM's keys are Wide & Deep's (hidden_units of the MLP)."""
 
 
 @register("DeepFM", DeepFMParams)
-class DeepFM(CTRModel):
+class DeepFM(WideDeep):
     def __init__(self, params: DeepFMParams, parts: ModelParts):
-        super().__init__()
-        cfg = parts.shared
-        self.dim = cfg.embedding_dim
-        self.embedding = parts.tables({"lr": 1, "embedding": self.dim})
-        self.lr = LogisticRegression(use_bias=True)
-        self.mlp = MLPBlock(self.embedding.output_dims[1], params.hidden_units, cfg.batch_norm, cfg.net_dropout,
-                            output_dim=1)
-        reset_linear_layers_(self)
+        super().__init__(params, parts)
+        self.dim = parts.shared.embedding_dim
 
     def logit(self, x: ModelInput) -> Tensor:
         weights, emb = self.embedding(x)
-        fm = self.lr(weights) + fm_second_order(by_field(emb, self.dim))
-        return (fm + self.mlp(emb)).squeeze(-1)
+        return (self.lr(weights) + fm_second_order(by_field(emb, self.dim)) + self.mlp(emb)).squeeze(-1)

@@ -56,10 +56,6 @@ class ModelParts:
     def num_fields(self) -> int:
         return self.fields.num_fields
 
-    @property
-    def device(self) -> Optional[torch.device]:
-        return self.table_settings.device
-
 
 class CTRModel(nn.Module):
     """The model contract (docs/ARCHITECTURE.md "Model contract"):

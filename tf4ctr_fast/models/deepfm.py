@@ -21,7 +21,7 @@ class DeepFMParams(WideDeepParams):
 @register("DeepFM", DeepFMParams)
 class DeepFM(WideDeep):
     def __init__(self, params: DeepFMParams, parts: ModelParts):
-        super().__init__(params, parts)
+        super().__init__(params, parts, lr_bias=True)
         self.dim = parts.shared.embedding_dim
 
     def logit(self, x: ModelInput) -> Tensor:

@@ -1,4 +1,4 @@
-"""Wide & Deep: logistic regression (wide) + an MLP over the field embeddings (deep)."""
+"""Wide & Deep: logistic regression without bias (wide) + an MLP over the field embeddings (deep)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -23,11 +23,12 @@ class WideDeepParams(ModelParams):
 
 @register("WideDeep", WideDeepParams)
 class WideDeep(CTRModel):
-    def __init__(self, params: WideDeepParams, parts: ModelParts):
+    def __init__(self, params: WideDeepParams, parts: ModelParts, lr_bias: bool = False):
         super().__init__()
         cfg = parts.shared
         self.embedding = parts.tables({"lr": 1, "embedding": cfg.embedding_dim})
-        self.lr = LogisticRegression(use_bias=True)
+        # FuxiCTR's wide part has no bias of its own (the MLP's output layer has one); DeepFM's FM has.
+        self.lr = LogisticRegression(use_bias=lr_bias)
         self.mlp = MLPBlock(self.embedding.output_dims[1], params.hidden_units, cfg.batch_norm, cfg.net_dropout,
                             output_dim=1)
         reset_linear_layers_(self)

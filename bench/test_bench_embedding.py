@@ -1,7 +1,7 @@
 """SER embedding layer: the tables' whole part of a training step, engine (TorchRec/FBGEMM) vs the
 reference (nn.Embedding), batch 4096, 39 Criteo-schema fields, total vocabulary swept by --bench-size.
 
-  reference  reference.ssem.SER: lookup, whole-table L2 (FuxiCTR's regularizer), backward into dense
+  reference  layers.ssem.SER: lookup, whole-table L2 (FuxiCTR's regularizer), backward into dense
              [V, d] gradients, dense Adam over the whole tables (what the reference trainer does)
   engine     embedding.SERTables: one fused lookup, L2 over the rows the batch looks up, backward with
              FBGEMM's row-wise Adagrad applied inside it, to those rows only

@@ -9,7 +9,6 @@ import torch
 from torch import Tensor, nn
 
 from ..config import ModelConfig
-from ..errors import InputError
 from ..features import ModelInput
 from ..layers.embedding import FieldTables, InputFields, TableSettings, build_field_tables
 from ..reference.loss import logloss
@@ -103,6 +102,7 @@ class CTRModel(nn.Module):
     def sparse_optimizer(self) -> Optional[Any]:
         optimizers = [o for o in (t.sparse_optimizer() for t in self.field_tables()) if o is not None]
         if len(optimizers) > 1:
-            raise InputError(f"model {self.name}: more than one fused table set; put every table kind "
-                             "in one FieldTables")
+            # One EmbeddingBagCollection per model: one kernel launch, one optimizer, one shard plan.
+            raise ValueError(f"model {self.name}: more than one set of fused tables; ask for every table "
+                             "kind in one parts.tables(...) call")
         return optimizers[0] if optimizers else None

@@ -167,6 +167,32 @@ def test_checkpoint_round_trip_and_predict(name, backend, tmp_path):
     np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
+# The table keys of checkpoints written before the model zoo (read off that code: every key and shape of
+# these models was identical then and now); the number is the state dict's size.
+PRE_ZOO_TABLE_KEYS = {
+    ("DNN", "reference", None): (12, ["embedding.bags.0.weight", "embedding.tables.0.weight",
+                                      "embedding.tables.1.weight"]),
+    ("DualMLP", "reference", None): (21, ["ssem.embedding.bags.0.weight", "ssem.embedding.tables.0.weight",
+                                          "ssem.embedding.tables.1.weight"]),
+    ("TF4CTR", "reference", "GM"): (32, ["ssem.embedding.bags.0.weight", "ssem.embedding.tables.0.weight",
+                                         "ssem.embedding.tables.1.weight"]),
+    ("TF4CTR", "reference", "SER"): (26, [f"ssem.{kind}.{table}.weight" for kind in ("easy", "hard")
+                                          for table in ("bags.0", "tables.0", "tables.1")]),
+    ("TF4CTR", "torchrec", "SER"): (26, [f"ssem.ebc.embedding_bags.{field}__{kind}.weight" for field in "abg"
+                                         for kind in ("easy", "hard")]),
+}
+
+
+@pytest.mark.parametrize("name,backend,ssem", list(PRE_ZOO_TABLE_KEYS))
+def test_pre_zoo_checkpoints_keep_their_state_dict_keys(name, backend, ssem):
+    legacy = dict(mlp_s_hidden=[4], mlp_c_hidden=[4], dnn_hidden=[4]) | ({"ssem": ssem} if ssem else {})
+    cfg = ModelConfig(name=name, embedding_dim=8, backend=backend, **legacy)
+    state = build_model(cfg, [5, 6], [BagField("g", 4)], field_names=["a", "b"], sparse_optimizer="sgd").state_dict()
+    size, table_keys = PRE_ZOO_TABLE_KEYS[(name, backend, ssem)]
+    assert len(state) == size
+    assert sorted(k for k in state if ".tables." in k or ".bags." in k or ".ebc." in k) == sorted(table_keys)
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_unknown_param_is_named(name):
     with pytest.raises(InputError, match=r"'model\.params\.no_such_key' is unknown"):

@@ -16,8 +16,10 @@ def test_yaml_then_overrides(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("model:\n  alpha: 0.5\n  mlp_s_hidden: [32]\ntrain:\n  lr: 0.01\n")
     cfg = load_config(path, ["train.lr=0.002", "model.gamma=3", "dataset.synthetic.rows=1000"])
-    assert cfg.model.alpha == 0.5 and cfg.model.mlp_s_hidden == [32]
-    assert cfg.train.lr == 0.002 and cfg.model.gamma == 3.0 and cfg.dataset.synthetic.rows == 1000
+    params = cfg.model.params        # the resolved config: every parameter of the model under params
+    assert params["alpha"] == 0.5 and params["mlp_s_hidden"] == [32] and params["c"] == 0.9
+    assert cfg.train.lr == 0.002 and params["gamma"] == 3.0 and cfg.dataset.synthetic.rows == 1000
+    assert cfg.model.alpha is None and resolve_params(cfg.model).alpha == 0.5
 
 
 @pytest.mark.parametrize("text, key", [

@@ -246,10 +246,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     try:
         cfg = _from_dict(RunConfig, data)
         # The model's own keys (model.params) are checked against its parameter dataclass now, so a
-        # bad one is named with the file before any data is read.
-        from .models import check_model_config
+        # bad one is named with the file before any data is read; the resolved config lists them all.
+        from .models import resolved_model_config
 
-        check_model_config(cfg.model)
+        cfg.model = resolved_model_config(cfg.model)
         return cfg
     except InputError as e:
         raise InputError(f"{where}{e}") from None

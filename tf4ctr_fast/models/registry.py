@@ -95,6 +95,13 @@ def check_model_config(cfg: ModelConfig) -> ModelParams:
     return resolve_params(cfg)
 
 
+def resolved_model_config(cfg: ModelConfig) -> ModelConfig:
+    """cfg with every parameter of its model under `params` (defaults filled in, legacy keys moved
+    there, the ones the model does not have dropped): what the run log and checkpoints record."""
+    params = check_model_config(cfg)
+    return dataclasses.replace(cfg, params=dataclasses.asdict(params), **{key: None for key in LEGACY_MODEL_KEYS})
+
+
 def build_model(cfg: ModelConfig, vocab_sizes: Sequence[int], bag_fields: Sequence[BagField] = (), *,
                 field_names: Optional[Sequence[str]] = None, sparse_optimizer: str = "rowwise_adagrad",
                 sparse_lr: float = 0.01, sparse_eps: float = 1e-8, device: Optional[torch.device] = None,

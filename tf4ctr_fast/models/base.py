@@ -24,14 +24,10 @@ class ModelParams:
         """Call require(ok, key, what) per rule; a failed rule raises InputError naming the key."""
 
 
-def positive_widths(widths: list[int]) -> bool:
-    return all(units >= 1 for units in widths)
-
-
 def check_widths(require: Callable[[bool, str, str], None], params: ModelParams, *keys: str) -> None:
     """Every hidden width under these keys is at least 1."""
     for key in keys:
-        require(positive_widths(getattr(params, key)), key, "every hidden width must be at least 1")
+        require(all(units >= 1 for units in getattr(params, key)), key, "every hidden width must be at least 1")
 
 
 def by_field(flat: Tensor, dim: int) -> Tensor:

@@ -8,7 +8,7 @@ from torch import Tensor
 from ..features import ModelInput
 from ..layers.init import xavier_linear
 from ..layers.mlp import MLPBlock
-from .base import CTRModel, ModelParams, ModelParts, positive_widths
+from .base import CTRModel, ModelParams, ModelParts, check_widths
 from .registry import register
 
 
@@ -17,7 +17,7 @@ class DNNParams(ModelParams):
     dnn_hidden: list[int] = field(default_factory=lambda: [400, 400, 400])
 
     def check(self, require) -> None:
-        require(positive_widths(self.dnn_hidden), "dnn_hidden", "every hidden width must be at least 1")
+        check_widths(require, self, "dnn_hidden")
 
 
 @register("DNN", DNNParams)

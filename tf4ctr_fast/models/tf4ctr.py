@@ -13,7 +13,7 @@ from ..layers.mlp import MLPBlock
 from ..layers.ssem import SSEM_NAMES, build_ssem
 from ..reference.dfm import DFM_NAMES, build_dfm
 from ..reference.twin_head import reference_head
-from .base import CTRModel, ModelParams, ModelParts, positive_widths
+from .base import CTRModel, ModelParams, ModelParts, check_widths
 from .registry import register
 
 
@@ -23,8 +23,7 @@ class TwinEncoderParams(ModelParams):
     mlp_c_hidden: list[int] = field(default_factory=lambda: [400, 400, 400])
 
     def check(self, require) -> None:
-        for key in ("mlp_s_hidden", "mlp_c_hidden"):
-            require(positive_widths(getattr(self, key)), key, "every hidden width must be at least 1")
+        check_widths(require, self, "mlp_s_hidden", "mlp_c_hidden")
 
 
 @dataclass

@@ -19,6 +19,7 @@ from ..config import RunConfig
 from ..errors import InputError
 from ..features import BagField, bag_fields_of
 from ..io_utils import atomic_file
+from ..models import build_model
 from .runlog import to_jsonable
 
 FORMAT_VERSION = 1
@@ -36,8 +37,6 @@ def _build_model(cfg: RunConfig, field_names: Sequence[str], vocab_sizes: Sequen
     and fuses, and what inference uses (it needs no optimizer, so a checkpoint of any sparse optimizer
     loads on any device). The reference backend ignores it. The model itself: models.build_model.
     """
-    from ..models import build_model   # lazy: the model zoo imports torch ops this module does not need
-
     tc = cfg.train
     return build_model(cfg.model, list(vocab_sizes), bag_fields, field_names=list(field_names),
                        sparse_optimizer=tc.sparse_optimizer, sparse_lr=tc.sparse_lr, sparse_eps=tc.sparse_eps,

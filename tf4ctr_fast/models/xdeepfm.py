@@ -31,10 +31,10 @@ class xDeepFM(CTRModel):  # noqa: N801
         cfg = parts.shared
         self.dim = cfg.embedding_dim
         self.embedding = parts.tables({"lr": 1, "embedding": self.dim})
-        self.lr = LogisticRegression(use_bias=False)
-        self.cin = CompressedInteractionNet(parts.num_fields, params.cin_hidden_units)
         self.dnn = (MLPBlock(self.embedding.output_dims[1], params.dnn_hidden_units, cfg.batch_norm, cfg.net_dropout,
                              output_dim=1) if params.dnn_hidden_units else None)
+        self.lr = LogisticRegression(use_bias=False)
+        self.cin = CompressedInteractionNet(parts.num_fields, params.cin_hidden_units)
         reset_linear_layers_(self)
 
     def logit(self, x: ModelInput) -> Tensor:

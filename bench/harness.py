@@ -34,7 +34,7 @@ warnings.filterwarnings("ignore", module="fbgemm_gpu")
 
 from tf4ctr_fast.config import ModelConfig, SyntheticConfig  # noqa: E402
 from tf4ctr_fast.data.synthetic import synthesize  # noqa: E402
-from tf4ctr_fast.models import build_engine_model, reference_to_engine_state_dict  # noqa: E402
+from tf4ctr_fast.models import build_model, reference_to_engine_state_dict  # noqa: E402
 from tf4ctr_fast.train.precision import autocast  # noqa: E402
 
 
@@ -194,12 +194,11 @@ def build_pair(vocab_sizes: Sequence[int], device: torch.device) -> tuple[nn.Mod
     Both have dense_parameters(): what Adam and the clipping cover.
     """
     torch.manual_seed(0)
-    reference = build_engine_model(dataclasses.replace(MODEL, head="reference"), vocab_sizes,
-                                   backend="reference", device=device)
+    reference = build_model(dataclasses.replace(MODEL, head="reference"), vocab_sizes, device=device)
     names = field_names()
-    engine = build_engine_model(dataclasses.replace(MODEL, head="fused"), vocab_sizes, backend="torchrec",
-                                field_names=names, sparse_optimizer="rowwise_adagrad", sparse_lr=SPARSE_LR,
-                                sparse_eps=SPARSE_EPS, device=device)
+    engine = build_model(dataclasses.replace(MODEL, head="fused", backend="torchrec"), vocab_sizes,
+                         field_names=names, sparse_optimizer="rowwise_adagrad", sparse_lr=SPARSE_LR,
+                         sparse_eps=SPARSE_EPS, device=device)
     engine.load_state_dict(reference_to_engine_state_dict(reference.state_dict(), names))
     return reference, engine
 

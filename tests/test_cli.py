@@ -93,6 +93,8 @@ def test_unknown_key_exits_2(ids_dataset, capsys):
     _, config = ids_dataset
     assert main(["train", "--config", str(config), "model.alpah=0.3"]) == 2
     assert "'model.alpah' is unknown" in capsys.readouterr().err
+    assert main(["train", "--config", str(config), "model.name=DCN", "model.params.cross_layers=2"]) == 2
+    assert "'model.params.cross_layers' is unknown" in capsys.readouterr().err
 
 
 def test_missing_checkpoint_exits_2(tmp_path, capsys):

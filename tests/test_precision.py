@@ -8,7 +8,7 @@ import torch
 from tf4ctr_fast.config import ModelConfig
 from tf4ctr_fast.errors import InputError
 from tf4ctr_fast.reference.loss import logloss, total_loss
-from tf4ctr_fast.reference.models import build_model
+from tf4ctr_fast.models import build_model
 from tf4ctr_fast.train.precision import autocast, cpu_bf16_flags, resolve_precision
 from tf4ctr_fast.train.trainer import train
 

@@ -68,31 +68,45 @@ class DatasetConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "TF4CTR"           # "TF4CTR" | "DualMLP" | "DNN"
+    """The keys every model shares; each model's own keys go under `params` (a mapping checked against
+    that model's parameter dataclass, tf4ctr_fast.models: unknown keys are named there).
+
+    The TF4CTR / DualMLP / DNN keys that predate the model zoo (ssem ... vf_tau below) are still read
+    at this level: each one that is set is moved into `params` for a model that has a parameter of that
+    name and ignored by the others, as before (docs/ARCHITECTURE.md "Model zoo").
+    """
+
+    name: str = "TF4CTR"           # a registered model: tf4ctr_fast.models.model_names()
     embedding_dim: int = 16
-    ssem: str = "SER"              # "SER" | "GM" | "MoE" | "share"
-    dfm: str = "WSF"               # "WSF" | "VF" | "CF" | "MoEF" | "sum"
-    mlp_s_hidden: list[int] = field(default_factory=lambda: [400, 400])
-    mlp_c_hidden: list[int] = field(default_factory=lambda: [400, 400, 400])
-    dnn_hidden: list[int] = field(default_factory=lambda: [400, 400, 400])
     batch_norm: bool = True
     net_dropout: float = 0.2
     # Defaults: the published Criteo_x4 settings (REFERENCE.md), matching the default synthetic
     # Criteo-schema dataset; configs/ sets each real dataset's own values.
     emb_reg: float = 1e-5
-    alpha: float = 0.35
-    c: float = 0.9
-    gamma: float = 1.0
-    vf_tau: float = 0.8
     # "fused": logits, DFM, BCE + Twin Focus loss and all their gradients as one op (C++ on CPU, Triton
-    # on CUDA; VF keeps the op-by-op path); "reference": the op-by-op PyTorch head.
+    # on CUDA; VF keeps the op-by-op path); "reference": the op-by-op PyTorch head. TF4CTR and DualMLP
+    # only: the other models have no twin head.
     head: str = "fused"
     # Where the embedding tables live and how they are trained (REFERENCE.md "Our decisions" 3):
-    # "reference": plain nn.Embedding tables, trained by the dense Adam with the whole-table L2 (every
-    #   model; the paper's protocol). "torchrec": TF4CTR with SSEM SER only; the SER tables are a TorchRec
+    # "reference": plain nn.Embedding tables, trained by the dense Adam with the whole-table L2 (the
+    #   paper's protocol). "torchrec": every field table of the model in one TorchRec
     #   EmbeddingBagCollection updated inside backward by FBGEMM's fused sparse optimizer
     #   (train.sparse_optimizer), with the L2 over the rows each batch looks up (docs/embedding.md).
     backend: str = "reference"     # "reference" | "torchrec"
+    params: dict[str, Any] = field(default_factory=dict)
+    # Legacy aliases of model parameters (None: not set; see the class docstring).
+    ssem: Optional[str] = None
+    dfm: Optional[str] = None
+    mlp_s_hidden: Optional[list[int]] = None
+    mlp_c_hidden: Optional[list[int]] = None
+    dnn_hidden: Optional[list[int]] = None
+    alpha: Optional[float] = None
+    c: Optional[float] = None
+    gamma: Optional[float] = None
+    vf_tau: Optional[float] = None
+
+
+LEGACY_MODEL_KEYS = ("ssem", "dfm", "mlp_s_hidden", "mlp_c_hidden", "dnn_hidden", "alpha", "c", "gamma", "vf_tau")
 
 
 @dataclass
@@ -185,6 +199,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise InputError(f"config key '{key}': expected a list, got {value!r}")
         return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise InputError(f"config key '{key}': expected a mapping, got {value!r}")
+        return dict(value)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise InputError(f"config key '{key}': expected a mapping, got {value!r}")
@@ -210,6 +228,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         raise InputError(f"config key '{key}': expected a string, got {value!r}")
     return value
+
+
+def from_mapping(cls: type, data: dict, prefix: str = "") -> Any:
+    """An instance of the dataclass `cls` from a mapping, every value type-checked; an unknown or
+    mistyped key raises InputError naming it as f"{prefix}.{key}"."""
+    return _from_dict(cls, data, prefix)
 
 
 def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
@@ -264,6 +288,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     apply_overrides(data, overrides)
     where = f"{path}: " if path is not None else ""
     try:
-        return _from_dict(RunConfig, data)
+        cfg = _from_dict(RunConfig, data)
+        # The model's own keys (model.params) are checked against its parameter dataclass now, so a
+        # bad one is named with the file before any data is read; the resolved config lists them all.
+        from .models import resolved_model_config
+
+        cfg.model = resolved_model_config(cfg.model)
+        return cfg
     except InputError as e:
         raise InputError(f"{where}{e}") from None

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from ..reference import dfm as ref_dfm
 from ..reference.loss import total_loss
-from ..reference.models import reference_head
+from ..reference.twin_head import reference_head
 from . import HAS_KERNELS
 
 # Fusion name -> the kernels' code. The kernels see K projections per branch: row 0 is the auxiliary

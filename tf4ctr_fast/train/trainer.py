@@ -223,7 +223,7 @@ def _check_torchrec_config(cfg: RunConfig, device: torch.device) -> None:
     """The sparse-optimizer and multi-process keys, checked before any process starts."""
     # Imported here: reference runs never load torchrec/fbgemm.
     from ..distributed import SHARDINGS
-    from ..embedding.ser_tables import OPTIMIZERS
+    from ..embedding import OPTIMIZERS
 
     tc = cfg.train
     if tc.sparse_optimizer not in OPTIMIZERS:

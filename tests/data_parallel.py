@@ -41,3 +41,12 @@ def train_single_process_twin(model, batches: Iterable, world: int, dense_lr: fl
         dense_opt.step()
         losses.append(total.item())
     return losses
+
+
+def run_on_ranks(world: int, rank_main, folder) -> dict:
+    """launch(world, rank_main, path): rank_main saves rank 0's results to path; returns them."""
+    from tf4ctr_fast.distributed import launch
+
+    out = folder / "results.pt"
+    launch(world, rank_main, str(out))
+    return torch.load(out, weights_only=False)

@@ -9,9 +9,9 @@ import torch
 warnings.filterwarnings("ignore", module="torchrec")
 warnings.filterwarnings("ignore", module="fbgemm_gpu")
 
-from data_parallel import train_single_process_twin  # noqa: E402
+from data_parallel import run_on_ranks, train_single_process_twin  # noqa: E402
 from tf4ctr_fast.config import ModelConfig  # noqa: E402
-from tf4ctr_fast.distributed import launch, shard_model  # noqa: E402
+from tf4ctr_fast.distributed import shard_model  # noqa: E402
 from tf4ctr_fast.errors import InputError  # noqa: E402
 from tf4ctr_fast.models import build_model  # noqa: E402
 
@@ -66,9 +66,7 @@ def _ranks_main(out_path: str) -> None:
 
 @pytest.fixture(scope="module")
 def ranks_results(tmp_path_factory):
-    out = tmp_path_factory.mktemp("dist") / "results.pt"
-    launch(WORLD, _ranks_main, str(out))
-    return torch.load(out, weights_only=False)
+    return run_on_ranks(WORLD, _ranks_main, tmp_path_factory.mktemp("dist"))
 
 
 def _single_process_twin(start):

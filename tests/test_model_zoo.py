@@ -246,11 +246,9 @@ def _ranks_main(out_path: str) -> None:
 
 @pytest.fixture(scope="module")
 def sharded_results(tmp_path_factory):
-    from tf4ctr_fast.distributed import launch
+    from data_parallel import run_on_ranks
 
-    out = tmp_path_factory.mktemp("zoo_dist") / "results.pt"
-    launch(WORLD, _ranks_main, str(out))
-    return torch.load(out, weights_only=False)
+    return run_on_ranks(WORLD, _ranks_main, tmp_path_factory.mktemp("zoo_dist"))
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -11,8 +11,8 @@
 # network. So the C++ op is built in place (setup.py build_ext --inplace), the checkout goes on
 # PYTHONPATH, and tf4ctr_fast/kernels is a link to kernels/ (what setup.py's package_dir maps).
 # Each step has its own time limit, so one slow step cannot eat the rest. Results land in $OUT (at most
-# 8 files come back): steps.txt (machine, versions, every step's tail), tests.txt, bench.json,
-# throughput.json, profile.txt, e2e.txt. Commit them under bench/results/ (docs/benchmarks.md).
+# 8 files come back): steps.txt (machine, versions, every step's tail), tests.txt, install.txt,
+# bench.json, zoo.json, throughput.json, profile.txt, e2e.txt. Commit them under bench/results/ (docs/benchmarks.md).
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"
@@ -51,6 +51,12 @@ step bench 120 python3 -m pytest bench/test_bench_twin_head.py bench/test_bench_
   --benchmark-only -q -p no:cacheprovider --bench-size medium \
   --benchmark-json "$OUT/bench.json"
 cat "$OUT/bench.txt" >> "$steps"; rm -f "$OUT/bench.txt"
+
+# Every zoo model's step on both backends, relative to DNN (paper Table IX style); into the bench JSON's
+# neighbour (8 files come back at most: steps, tests, install, bench, zoo, throughput, profile, e2e)
+step zoo 90 python3 -m pytest bench/test_bench_zoo.py --benchmark-only -q -p no:cacheprovider --bench-size small \
+  -k "vocab100k or vocab5.5M" --benchmark-json "$OUT/zoo.json"
+cat "$OUT/zoo.txt" >> "$steps"; rm -f "$OUT/zoo.txt"
 
 # The trainer end to end (prepare excluded): synthetic Criteo-schema data, TF4CTR Criteo config, engine.
 step e2e 75 python3 -m tf4ctr_fast.cli train train.device=cuda model.backend=torchrec dataset.synthetic.rows=1000000 \

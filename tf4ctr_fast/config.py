@@ -6,6 +6,8 @@ it, and the full resolved config is what the run log records first.
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -188,11 +190,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return int(value)
         raise InputError(f"config key '{key}': expected an integer, got {value!r}")
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
         if isinstance(value, str) and _EXPONENT_FLOAT.match(value):
-            return float(value)
-        raise InputError(f"config key '{key}': expected a number, got {value!r}")
+            value = float(value)
+        if not isinstance(value, float):
+            raise InputError(f"config key '{key}': expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise InputError(f"config key '{key}': expected a finite number, got {value!r}")
+        return value
     if tp is str:
         if isinstance(value, str):
             return value
@@ -223,7 +229,11 @@ def _set_path(data: dict, dotted: str, value: Any) -> None:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Defaults <- YAML file <- `a.b=value` overrides (values parsed as YAML)."""
+    """Defaults <- YAML file <- `a.b=value` overrides (values parsed as YAML).
+
+    The file is checked on its own first, then each override in turn, so that a message blames the
+    file for the file's mistakes and the command line for a mistyped or out-of-range override.
+    """
     data: dict = {}
     if path is not None:
         p = Path(path)
@@ -235,13 +245,128 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise InputError(f"{p}: not valid YAML: {e}") from None
         if not isinstance(data, dict):
             raise InputError(f"{p}: expected a mapping with dataset/model/train sections")
+    cfg = _checked(data, f"{path}: " if path is not None else "")
     for item in overrides:
+        where = f"command-line override '{item}': "
         if "=" not in item:
-            raise InputError(f"override '{item}': expected key=value, e.g. train.lr=0.001")
+            raise InputError(f"{where}expected key=value, e.g. train.lr=0.001")
         key, raw = item.split("=", 1)
-        _set_path(data, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
-    where = f"{path}: " if path is not None else ""
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw  # not YAML: the type check below says what was expected
+        try:
+            _set_path(data, key.strip(), value)
+        except InputError as e:
+            raise InputError(f"{where}{e}") from None
+        cfg = _checked(data, where)
+    return cfg
+
+
+def _checked(data: dict, where: str) -> RunConfig:
     try:
-        return _from_dict(RunConfig, data)
+        cfg = _from_dict(RunConfig, data)
+        check_ranges(cfg.dataset, "dataset")
+        check_ranges(cfg.train, "train")
     except InputError as e:
         raise InputError(f"{where}{e}") from None
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# Allowed values of every numeric key of the dataset and train sections: one table, checked by
+# check_ranges and printed into docs/config.md (tests/test_bad_inputs.py keeps the two equal).
+
+
+@dataclass(frozen=True)
+class Range:
+    low: Optional[float] = None
+    high: Optional[float] = None
+    low_open: bool = False           # low itself excluded
+    why: str = ""
+
+    def holds(self, value: float) -> bool:
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        return above and (self.high is None or value <= self.high)   # False for NaN
+
+    def __str__(self) -> str:
+        low = _number(self.low)
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {low}"
+        return f"{'(' if self.low_open else '['}{low}, {_number(self.high)}]"
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+_SEED = Range(0, 2**32 - 1, why="numpy's seed range")
+RANGES: dict[str, Range] = {
+    "dataset.min_count": Range(1, why="values seen fewer times map to OOV"),
+    "dataset.seed": _SEED,
+    "dataset.synthetic.rows": Range(1, why="and enough that every split gets rows"),
+    "dataset.synthetic.num_int_fields": Range(0, why="at least one field in all"),
+    "dataset.synthetic.num_cat_fields": Range(0, why="at least one field in all"),
+    "dataset.synthetic.int_vocab": Range(1),
+    "dataset.synthetic.cat_vocab": Range(1),
+    "dataset.synthetic.cat_vocab_sizes": Range(1, why="each entry"),
+    "dataset.synthetic.zipf_a": Range(0),
+    "dataset.synthetic.hard_fraction": Range(0, 1),
+    "dataset.synthetic.split": Range(0, 1, why="three fractions summing to 1 (within 1e-6)"),
+    "train.batch_size": Range(1),
+    "train.eval_batch_size": Range(1),
+    "train.epochs": Range(1),
+    "train.max_steps_per_epoch": Range(1, why="or null: whole epochs"),
+    "train.lr": Range(0, 1, low_open=True, why="Adam steps by about lr per weight: larger only diverges"),
+    "train.clip_norm": Range(0, low_open=True, why="the largest gradient norm kept"),
+    "train.lr_decay": Range(0, 1, low_open=True, why="the factor of each lr cut; 1: no decay"),
+    "train.min_lr": Range(0, why="and at most train.lr"),
+    "train.patience": Range(1, why="non-improving epochs before the run stops"),
+    "train.lr_decay_patience": Range(1),
+    "train.seed": _SEED,
+    "train.num_threads": Range(0, why="0: torch's default"),
+    "train.difficulty_thresholds": Range(0, 1, why="[t0, t1] with t0 <= t1"),
+    "train.sparse_lr": Range(0, 10, low_open=True),
+    "train.sparse_eps": Range(0, 1, low_open=True),
+    "train.nproc": Range(1),
+}
+
+
+def check_ranges(section: Any, prefix: str) -> None:
+    """InputError naming the key unless every numeric value of `section` (a DatasetConfig or
+    TrainConfig, nested sections included) lies in its RANGES entry; then the checks that tie two
+    keys together."""
+    for f in dataclasses.fields(section):
+        key, value = f"{prefix}.{f.name}", getattr(section, f.name)
+        if dataclasses.is_dataclass(value):
+            check_ranges(value, key)
+        elif key in RANGES and value is not None:
+            for i, v in enumerate(value) if isinstance(value, list) else [(None, value)]:
+                if not RANGES[key].holds(v):
+                    name = key if i is None else f"{key}[{i}]"
+                    why = f" ({RANGES[key].why})" if RANGES[key].why else ""
+                    raise InputError(f"config key '{name}': must be {RANGES[key]}{why}, got {v!r}")
+    if prefix == "train":
+        if section.min_lr > section.lr:
+            raise InputError(f"config key 'train.min_lr': {section.min_lr!r} is above train.lr "
+                             f"({section.lr!r}); the lr decays down to min_lr")
+        t = section.difficulty_thresholds
+        if len(t) != 2 or t[0] > t[1]:
+            raise InputError(f"config key 'train.difficulty_thresholds': expected [t0, t1] with t0 <= t1, "
+                             f"got {t}")
+    if prefix == "dataset.synthetic":
+        if len(section.split) != 3 or abs(sum(section.split) - 1) > 1e-6:
+            raise InputError(f"config key 'dataset.synthetic.split': expected 3 fractions (train, valid, "
+                             f"test) summing to 1, got {section.split}")
+
+
+def ranges_table() -> str:
+    """RANGES as the markdown table of docs/config.md."""
+    defaults = dataclasses.asdict(RunConfig())
+    rows = ["| key | allowed | default | note |", "|---|---|---|---|"]
+    for key, r in RANGES.items():
+        node: Any = defaults
+        for part in key.split("."):
+            node = node[part]
+        rows.append(f"| `{key}` | {r} | `{json.dumps(node)}` | {r.why} |")
+    return "\n".join(rows) + "\n"

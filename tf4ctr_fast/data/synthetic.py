@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..config import DatasetConfig, SyntheticConfig
+from ..config import DatasetConfig, SyntheticConfig, check_ranges
 from ..errors import InputError
 from .columns import FIRST_KNOWN_ID, SplitArrays, categorical_field, write_prepared
 
@@ -137,23 +137,17 @@ def _split_bounds(cfg: SyntheticConfig) -> list[tuple[int, int]]:
 
 
 def _check(cfg: SyntheticConfig) -> None:
-    key = "config key 'dataset.synthetic."
-    if cfg.rows < 1:
-        raise InputError(f"{key}rows': must be >= 1, got {cfg.rows}")
-    if cfg.num_int_fields < 0 or cfg.num_cat_fields < 0 or cfg.num_int_fields + cfg.num_cat_fields < 1:
-        raise InputError(f"{key}num_int_fields' / 'num_cat_fields': need at least one field, none negative")
-    for name in ("int_vocab", "cat_vocab"):
-        if getattr(cfg, name) < 1:
-            raise InputError(f"{key}{name}': must be >= 1, got {getattr(cfg, name)}")
-    if cfg.zipf_a < 0:
-        raise InputError(f"{key}zipf_a': must be >= 0, got {cfg.zipf_a}")
-    if not 0.0 <= cfg.hard_fraction <= 1.0:
-        raise InputError(f"{key}hard_fraction': must be in [0, 1], got {cfg.hard_fraction}")
-    if len(cfg.split) != len(SPLIT_NAMES) or min(cfg.split) < 0 or abs(sum(cfg.split) - 1) > 1e-6:
-        raise InputError(f"{key}split': expected 3 non-negative fractions (train, valid, test) "
-                         f"summing to 1, got {cfg.split}")
-    if _split_bounds(cfg)[0][1] == 0:
-        raise InputError(f"{key}split': the train split would be empty")
+    check_ranges(cfg, "dataset.synthetic")
+    if cfg.num_int_fields + cfg.num_cat_fields < 1:
+        raise InputError("config key 'dataset.synthetic.num_cat_fields': no fields at all "
+                         "(num_int_fields and num_cat_fields are both 0)")
+    if cfg.split[0] == 0:
+        raise InputError(f"config key 'dataset.synthetic.split': the train split would be empty, got {cfg.split}")
+    # A split given a share but no rows would make a folder that looks complete and cannot be used.
+    for name, share, (lo, hi) in zip(SPLIT_NAMES, cfg.split, _split_bounds(cfg)):
+        if share > 0 and hi == lo:
+            raise InputError(f"config key 'dataset.synthetic.rows': {cfg.rows} rows leave the {name} split "
+                             f"empty (dataset.synthetic.split {cfg.split}); every split given a share needs rows")
 
 
 def _standardize(x: np.ndarray, std: float) -> np.ndarray:

@@ -141,7 +141,10 @@ def cmd_train(args) -> dict:
     flags = {"train.nproc": args.nproc, "model.head": args.head, "model.backend": args.backend}
     overrides = list(args.overrides) + [f"{key}={value}" for key, value in flags.items() if value is not None]
     cfg = load_config(args.config, overrides)
-    cfg.resolved_out_dir()  # a bad run folder name stops the run now, before any preparing
+    out_dir = cfg.resolved_out_dir()  # a bad run folder stops the run now, before any preparing
+    if os.path.lexists(out_dir) and not out_dir.is_dir():
+        raise InputError(f"config key 'train.out_dir': {out_dir} is a file, not a run folder; "
+                         "choose another train.out_dir")
     data_dir = cfg.dataset.resolved_prepared_dir()
     if not is_prepared_from(cfg.dataset, data_dir):
         print(f"preparing {cfg.dataset.name} into {data_dir} (none there yet, or prepared with other "

@@ -30,6 +30,16 @@ def folder_name(value: str, key: str) -> str:
     return value
 
 
+def folder_path(value: str, key: str) -> Path:
+    """`value` as a path, checked to end in a folder name: '.', '..' or '/' would make a folder that
+    holds other things (the current folder, its parent) the one a command writes and replaces."""
+    path = Path(value)
+    if path.name in ("", ".."):
+        raise InputError(f"config key '{key}': {value!r} names an existing parent folder, not a folder of "
+                         f"its own; give a path ending in a new folder's name, e.g. {value.rstrip('/') or '.'}/mine")
+    return path
+
+
 @dataclass
 class SyntheticConfig:
     """Synthetic data with Criteo's schema (13 bucketized integer fields + 26 categorical)."""
@@ -43,6 +53,12 @@ class SyntheticConfig:
     zipf_a: float = 1.2            # id frequency ~ rank^-a
     hard_fraction: float = 0.3     # share of samples whose click depends on pairwise interactions
     split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+
+    def split_bounds(self) -> list[tuple[int, int]]:
+        """(first row, end row) of train, valid and test."""
+        cuts = [round(sum(self.split[:i + 1]) / sum(self.split) * self.rows) for i in range(len(self.split))]
+        cuts[-1] = self.rows
+        return list(zip([0, *cuts[:-1]], cuts))
 
 
 @dataclass
@@ -64,7 +80,7 @@ class DatasetConfig:
 
     def resolved_prepared_dir(self) -> Path:
         if self.prepared_dir:
-            return Path(self.prepared_dir)
+            return folder_path(self.prepared_dir, "dataset.prepared_dir")
         return Path("data_prepared") / folder_name(self.name, "dataset.name")
 
 
@@ -145,7 +161,7 @@ class RunConfig:
         """train.out_dir, or runs/<dataset>_<model>_<backend>_<head>_seed<seed>: every key that
         changes what a run learns has its part, so that runs differing in one never share a folder."""
         if self.train.out_dir:
-            return Path(self.train.out_dir)
+            return folder_path(self.train.out_dir, "train.out_dir")
         parts = {"dataset.name": self.dataset.name, "model.name": self.model.name,
                  "model.backend": self.model.backend, "model.head": self.model.head}
         name = "_".join(folder_name(value, key) for key, value in parts.items())
@@ -355,9 +371,22 @@ def check_ranges(section: Any, prefix: str) -> None:
             raise InputError(f"config key 'train.difficulty_thresholds': expected [t0, t1] with t0 <= t1, "
                              f"got {t}")
     if prefix == "dataset.synthetic":
-        if len(section.split) != 3 or abs(sum(section.split) - 1) > 1e-6:
-            raise InputError(f"config key 'dataset.synthetic.split': expected 3 fractions (train, valid, "
-                             f"test) summing to 1, got {section.split}")
+        _check_synthetic_split(section)
+
+
+def _check_synthetic_split(cfg: SyntheticConfig) -> None:
+    key = "config key 'dataset.synthetic"
+    if cfg.num_int_fields + cfg.num_cat_fields < 1:
+        raise InputError(f"{key}.num_cat_fields': no fields at all (num_int_fields and num_cat_fields are both 0)")
+    if len(cfg.split) != 3 or abs(sum(cfg.split) - 1) > 1e-6:
+        raise InputError(f"{key}.split': expected 3 fractions (train, valid, test) summing to 1, got {cfg.split}")
+    if cfg.split[0] == 0:
+        raise InputError(f"{key}.split': the train split would be empty, got {cfg.split}")
+    # A split given a share but no rows would make a folder that looks complete and cannot be used.
+    for name, share, (lo, hi) in zip(("train", "valid", "test"), cfg.split, cfg.split_bounds()):
+        if share > 0 and hi == lo:
+            raise InputError(f"{key}.rows': {cfg.rows} rows leave the {name} split empty "
+                             f"(dataset.synthetic.split {cfg.split}); every split given a share needs rows")
 
 
 def ranges_table() -> str:

@@ -455,3 +455,27 @@ def split_spans(chunk: Chunk, start: np.ndarray, length: np.ndarray, separator: 
     ends = np.sort(np.concatenate([seps, hi]))
     nonempty = ends > begins
     return spans[piece_owner[nonempty]], begins[nonempty], (ends - begins)[nonempty]
+
+
+def utf8_spans(chunk: Chunk, start: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """bool, shaped like start: whether each span is valid UTF-8. Only chunks holding non-ASCII bytes
+    cost more than one scan, and then only per invalid sequence (each found by a C decode)."""
+    ok = np.ones(start.shape, dtype=bool)
+    data = chunk._data if chunk._data is not None else bytes(chunk.buf)
+    if data.isascii():
+        return ok
+    bad, at = [], 0
+    while at < len(data):
+        try:
+            data[at:].decode("utf-8")
+            break
+        except UnicodeDecodeError as e:
+            bad.append(at + e.start)
+            at += e.end
+    if bad:
+        bad = np.asarray(bad, dtype=np.int64)
+        # a span [s, s + l) is bad when an invalid byte lies inside it
+        first = np.searchsorted(bad, start, side="left")
+        inside = first < len(bad)
+        ok[inside] = bad[first[inside]] >= (start + length)[inside]
+    return ok

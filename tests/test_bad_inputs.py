@@ -174,3 +174,165 @@ def test_every_numeric_dataset_and_train_key_has_a_range():
 
     keys = [*numeric(DatasetConfig, "dataset"), *numeric(TrainConfig, "train")]
     assert sorted(set(keys) - set(RANGES)) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# data files: every bad row named by file:line, nothing prepared
+
+
+def _prepare(tmp_path: Path, fmt: str, data: bytes, schema: str | None, capsys, *fragments: str,
+             name: str = "d.csv") -> str:
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    argv = ["prepare", f"dataset.format={fmt}", f"dataset.train={path}",
+            f"dataset.prepared_dir={tmp_path / 'prepared'}", "train.progress=false"]
+    if schema is not None:
+        (tmp_path / "schema.yaml").write_text(schema)
+        argv.append(f"dataset.schema={tmp_path / 'schema.yaml'}")
+    message = _fails(argv, capsys, *fragments)
+    _nothing_complete(tmp_path)
+    return message
+
+
+CSV_COLUMNS = ("columns:\n  - {name: label, kind: label}\n  - {name: a, kind: categorical, codec: int}\n"
+               "  - {name: b, kind: categorical}\n")
+GOOD_CSV = "label,a,b\n" + "".join(f"{i % 2},{i},x{i}\n" for i in range(40))   # lines 2..41
+CSV_CASES = {   # name: (the 42nd line, or whole text, in bytes; extra schema text; message fragment)
+    "int overflow": (b"1,-99999999999999999999,x\n", "", "d.csv:42: column 'a'"),
+    "int fraction": (b"1,3.5,x\n", "", "d.csv:42: column 'a': '3.5' is not an integer"),
+    "int negative fraction": (b"1,-1.5,x\n", "", "d.csv:42: column 'a': '-1.5' is not an integer"),
+    "int junk": (b"1,unkonwn,x\n", "", "d.csv:42: column 'a': 'unkonwn' is not an integer"),
+    "label 2": (b"2,1,x\n", "", "d.csv:42: column 'label': '2' is not a label"),
+    "label text": (b"yes,1,x\n", "", "d.csv:42: column 'label'"),
+    "too many fields": (b"1,1,x,9\n", "", "d.csv:42: expected 3 ','-separated fields, found 4"),
+    "too few fields": (b"1,1\n", "", "d.csv:42: expected 3"),
+    "quoted": (b'1,1,"x"\n', "", "d.csv:42: quoted fields are not supported"),
+    "not utf-8": (b"1,1,\xff\xfe\n", "", "d.csv:42: column 'b': not UTF-8 text"),
+    "time junk under a ratio split": (b"1,1,x,zz\n", "  - {name: t, kind: time}\n", "d.csv:42: column 't': 'zz'"),
+    "log2 fraction": (b"1,1,3.5\n", "", "d.csv:42: column 'b': '3.5' is not an integer (rule log2)"),
+    "log2 huge": (b"1,1,-99999999999999999999\n", "", "d.csv:42: column 'b'"),
+    "keep junk": (b"1,1,x,k\n", "  - {name: k, kind: keep}\n", "d.csv:42: column 'k'"),
+}
+
+
+@pytest.mark.parametrize("case", list(CSV_CASES))
+def test_bad_csv_row(tmp_path, capsys, case):
+    line, extra, fragment = CSV_CASES[case]
+    text, columns = GOOD_CSV, CSV_COLUMNS + extra
+    if extra:  # one more column in every row
+        text = "label,a,b,k\n" if "keep" in case else "label,a,b,t\n"
+        text += "".join(f"{i % 2},{i},x{i},{i}\n" for i in range(40))
+        columns = columns.replace("k, kind", "k, kind").replace("t, kind", "t, kind")
+    if case.startswith("log2"):
+        text = "label,a,b\n" + "".join(f"{i % 2},{i},{i}\n" for i in range(40))
+        columns = columns.replace("{name: b, kind: categorical}", "{name: b, kind: numeric_bucket, rule: log2}")
+    _prepare(tmp_path, "csv", text.encode() + line, columns, capsys, fragment)
+
+
+SCHEMA_CASES = {
+    "unknown kind": (CSV_COLUMNS.replace("kind: categorical}\n", "kind: categorial}\n"),
+                     "schema.yaml: key 'columns[2].kind': unknown kind 'categorial' (known: categorical"),
+    "max_len missing": (CSV_COLUMNS.replace("kind: categorical}\n", "kind: multi_valued, separator: '|'}\n"),
+                        "schema.yaml: key 'columns[2].max_len': missing"),
+    "max_len zero": (CSV_COLUMNS.replace("kind: categorical}\n", "kind: multi_valued, separator: '|', max_len: 0}\n"),
+                     "schema.yaml: key 'columns[2].max_len': expected an integer >= 1"),
+    "unknown codec": (CSV_COLUMNS.replace("codec: int", "codec: float"), "schema.yaml: key 'columns[1].codec'"),
+    "ratios not summing to 1": (CSV_COLUMNS + "split: {by: ratio, ratios: [0.5, 0.3, 0.3]}\n",
+                                "schema.yaml: key 'split.ratios': [0.5, 0.3, 0.3] sum to 1.1"),
+    "ratios negative": (CSV_COLUMNS + "split: {by: ratio, ratios: [0.9, -0.1, 0.2]}\n", "key 'split.ratios'"),
+    "no label": (CSV_COLUMNS.replace("  - {name: label, kind: label}\n", ""), "no column of kind label"),
+    "repeated column": (CSV_COLUMNS + "  - {name: a, kind: categorical}\n", "'a' is listed twice"),
+    "unknown top key": (CSV_COLUMNS + "delimeter: ';'\n", "schema.yaml: key 'delimeter' is unknown"),
+    "bad on_bad_row": (CSV_COLUMNS + "on_bad_row: ignore\n", "schema.yaml: key 'on_bad_row'"),
+    "header lacks a column": (CSV_COLUMNS + "  - {name: zz, kind: categorical}\n",
+                              "d.csv:1: header has no column 'zz'"),
+    "min_count zero": (CSV_COLUMNS.replace("codec: int}", "codec: int, min_count: 0}"), "columns[1].min_count'"),
+}
+
+
+@pytest.mark.parametrize("case", list(SCHEMA_CASES))
+def test_bad_csv_schema(tmp_path, capsys, case):
+    schema, fragment = SCHEMA_CASES[case]
+    _prepare(tmp_path, "csv", GOOD_CSV.encode(), schema, capsys, fragment)
+
+
+def _criteo_row(label="0", ints=None, cats=None) -> bytes:
+    ints = ints or [str(i) for i in range(13)]
+    cats = cats or ["05db9164"] * 26
+    return ("\t".join([label, *ints, *cats]) + "\n").encode()
+
+
+GOOD_CRITEO = b"".join(_criteo_row(str(i % 2)) for i in range(30))   # lines 1..30
+CRITEO_CASES = {
+    "BOM": (b"\xef\xbb\xbf" + GOOD_CRITEO, "d.txt:1: the file starts with a UTF-8 byte order mark (BOM"),
+    "label 2": (GOOD_CRITEO + _criteo_row("2"), "d.txt:31: column 'label'"),
+    "count fraction": (GOOD_CRITEO + _criteo_row(ints=["3.5"] + ["1"] * 12), "d.txt:31: column 'I1': '3.5' is not an integer"),
+    "count negative fraction": (GOOD_CRITEO + _criteo_row(ints=["-1.5"] + ["1"] * 12), "d.txt:31: column 'I1'"),
+    "count huge": (GOOD_CRITEO + _criteo_row(ints=["-99999999999999999999"] + ["1"] * 12), "d.txt:31: column 'I1'"),
+    "bad hex": (GOOD_CRITEO + _criteo_row(cats=["zzzz"] * 26), "d.txt:31: column 'C1'"),
+    "41 fields": (GOOD_CRITEO + _criteo_row()[:-1] + b"\textra\n", "d.txt:31: expected 14 to 40 tab-separated fields"),
+    "empty file": (b"", "d.txt"),
+}
+
+
+@pytest.mark.parametrize("case", list(CRITEO_CASES))
+def test_bad_criteo_file(tmp_path, capsys, case):
+    data, fragment = CRITEO_CASES[case]
+    _prepare(tmp_path, "criteo", data, None, capsys, fragment, name="d.txt")
+
+
+def _corrupt_crc(data: bytes) -> bytes:
+    packed = bytearray(gzip.compress(data))
+    packed[-8] ^= 0xFF   # the member's CRC32
+    return bytes(packed)
+
+
+@pytest.mark.parametrize("fmt", ["criteo", "csv_ids", "csv"])
+@pytest.mark.parametrize("damage", ["crc", "truncated"])
+def test_damaged_gzip_names_the_line_after_the_readable_text(tmp_path, capsys, fmt, damage):
+    text = (GOOD_CRITEO * 30 if fmt == "criteo"
+            else b"label,a,b\n" + b"".join(b"%d,%d,%d\n" % (i % 2, i, i) for i in range(900)))
+    lines = text.count(b"\n")
+    packed = _corrupt_crc(text) if damage == "crc" else gzip.compress(text)[:-40]
+    path = tmp_path / "d.csv.gz"
+    path.write_bytes(packed)
+    schema = tmp_path / "schema.yaml"
+    schema.write_text(CSV_COLUMNS.replace("{name: b, kind: categorical}", "{name: b, kind: categorical, codec: int}"))
+    argv = ["prepare", f"dataset.format={fmt}", f"dataset.train={path}", f"dataset.prepared_dir={tmp_path / 'p'}"]
+    if fmt == "csv":
+        argv.append(f"dataset.schema={schema}")
+    message = _fails(argv, capsys, "d.csv.gz:", "unreadable gzip data after line")
+    line = int(message.split("d.csv.gz:")[1].split(":")[0])
+    assert line > lines - 40 if damage == "truncated" else line == lines + 1, message
+    _nothing_complete(tmp_path)
+
+
+IDS_CASES = {
+    "id junk": (b"1,unknown,1\n", "d.csv:42"),
+    "label 2": (b"1,1,2\n", "d.csv:42"),
+    "too many fields": (b"1,1,1,1\n", "d.csv:42"),
+    "too few fields": (b"1,1\n", "d.csv:42"),
+}
+
+
+@pytest.mark.parametrize("case", list(IDS_CASES))
+def test_bad_csv_ids_row(tmp_path, capsys, case):
+    line, fragment = IDS_CASES[case]
+    text = "user,item,label\n" + "".join(f"{i % 5},{i},{i % 2}\n" for i in range(40))
+    _prepare(tmp_path, "csv_ids", text.encode() + line, None, capsys, fragment)
+
+
+LIBFM_SCHEMA = "fields: [a, b]\n"
+GOOD_LIBFM = "".join(f"{i % 2} {i % 5}:1 {10 + i % 7}:1\n" for i in range(40))
+LIBFM_CASES = {
+    "value 2": (b"1 3:2 11:1\n", "d.libfm:41"),
+    "label 5": (b"5 3:1 11:1\n", "d.libfm:41"),
+    "not a feature": (b"1 abc 11:1\n", "d.libfm:41"),
+    "one field short": (b"1 3:1\n", "d.libfm:41"),
+}
+
+
+@pytest.mark.parametrize("case", list(LIBFM_CASES))
+def test_bad_libfm_row(tmp_path, capsys, case):
+    line, fragment = LIBFM_CASES[case]
+    _prepare(tmp_path, "libfm", GOOD_LIBFM.encode() + line, LIBFM_SCHEMA, capsys, fragment, name="d.libfm")

@@ -50,7 +50,7 @@ DEFAULT_CHUNK_BYTES = 16 << 20   # arrays per chunk stay under glibc's 32 MB mma
 #                                  reused instead of freshly page-faulted for every chunk
 MAX_EXAMPLES = 10                # skipped rows quoted in the report
 _GZIP_MAGIC = b"\x1f\x8b"
-_BOM = b"\xef\xbb\xbf"
+BOM = b"\xef\xbb\xbf"   # UTF-8 byte order mark
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,7 +249,7 @@ def _open_source(index: int, split: Optional[str], path: Path, has_header: bool)
     if has_header:
         header = _header_text(path, line)
         data_start = len(line) + 1
-    elif line.startswith(_BOM):  # a header's BOM is dropped with the header; a data row's would spoil its first field
+    elif line.startswith(BOM):  # a header's BOM is dropped with the header; a data row's would spoil its first field
         raise InputError(f"{path}:1: the file starts with a UTF-8 byte order mark (BOM, bytes EF BB BF), "
                          "which this headerless format does not take; save the file without a BOM")
     source = _Source(index=index, split=split, path=path, gzip=gz, size=path.stat().st_size,
@@ -287,23 +287,35 @@ def _gunzip(path: Path, block: int = 1 << 20) -> Iterator[tuple[int, int, bytes]
 
 def inflate(member: Any, data: bytes, path: Path, lines: int) -> bytes:
     """member.decompress(data); on damage, InputError naming the line where the readable text stops,
-    `lines` being the newlines before `data`.
-
-    zlib discards the whole output of a failing call, and a bad checksum fails only at the member's
-    end: so the block is inflated again in small steps, from a copy of the state, to count the lines
-    that did decode (else a damaged 1 MB block would blame line 1 of a file that reads fine for
-    thousands of lines)."""
+    `lines` being the newlines before `data`."""
     saved = member.copy()
     try:
         return member.decompress(data)
     except zlib.error as e:
-        try:
-            for i in range(0, len(data), 512):
-                lines += saved.decompress(data[i:i + 512]).count(b"\n")
-        except zlib.error:
-            pass
+        lines += _lines_before_damage(saved, data)
         raise InputError(f"{path}:{lines + 1}: unreadable gzip data after line {lines}: the file is corrupt "
                          f"({e})") from None
+
+
+def _lines_before_damage(member: Any, data: bytes) -> int:
+    """The newlines `member` inflates from `data` before it fails.
+
+    zlib drops the whole output of a failing call, and a bad checksum fails only at the member's end,
+    after all its text: so `data` is inflated again in pieces, a failing piece redone in smaller
+    ones, down to one byte (else a damaged 1 MB block would blame line 1 of a file that reads fine
+    for thousands of lines)."""
+    lines, at, step = 0, 0, 1 << 14
+    while at < len(data):
+        before = member.copy()
+        try:
+            lines += member.decompress(data[at:at + step]).count(b"\n")
+        except zlib.error:
+            if step == 1:
+                break
+            member, step = before, max(1, step // 16)
+            continue
+        at += step
+    return lines
 
 
 def _gzip_tasks(source: _Source, chunk_bytes: int) -> Iterator[_Task]:

@@ -336,3 +336,80 @@ LIBFM_CASES = {
 def test_bad_libfm_row(tmp_path, capsys, case):
     line, fragment = LIBFM_CASES[case]
     _prepare(tmp_path, "libfm", GOOD_LIBFM.encode() + line, LIBFM_SCHEMA, capsys, fragment, name="d.libfm")
+
+
+# ---------------------------------------------------------------------------------------------
+# predict and evaluate: a bad option or input file is named, no scores file is written
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny csv_ids run (planted data) and, beside it, a prepared folder encoded otherwise."""
+    folder = tmp_path_factory.mktemp("trained")
+    config = write_planted_run(folder)
+    assert main(["train", "--config", str(config), *TINY_MODEL, "train.epochs=1"]) == 0
+    assert main(["prepare", "--config", str(config), "dataset.min_count=50",
+                 f"dataset.prepared_dir={folder / 'other'}"]) == 0
+    (folder / "garbage.pt").write_bytes(b"not a checkpoint" * 10)
+    (folder / "in.csv").write_text("user,item,ctx\n1,101,0\n2,102,1\n")
+    (folder / "bad_in.csv").write_text("user,item,ctx\n1,101,0\n2,oops,1\n")
+    (folder / "short_in.csv").write_text("user,item\n1,101\n")
+    return folder
+
+
+def _predict_cases(f: Path) -> dict[str, tuple[list, str]]:
+    run, out = f / "run", f / "out" / "scores.csv"
+    base = ["predict", "--checkpoint", run, "--input", f / "in.csv", "--output", out]
+    return {
+        "batch size 0": ([*base, "--batch-size", "0"], "--batch-size: must be >= 1, got 0"),
+        "batch size -1": ([*base, "--batch-size", "-1"], "--batch-size: must be >= 1, got -1"),
+        "output a folder": (base[:-1] + [f], "--output"),
+        "output is the input": (base[:-1] + [f / "in.csv"], "is the --input file"),
+        "input missing": ([*base[:4], f / "nope.csv", *base[5:]], "nope.csv"),
+        "input bad row": ([*base[:4], f / "bad_in.csv", *base[5:]], "bad_in.csv:3"),
+        "input lacks a column": ([*base[:4], f / "short_in.csv", *base[5:]], "short_in.csv"),
+        "checkpoint missing": ([base[0], "--checkpoint", f / "nope", *base[3:]], "nope"),
+        "checkpoint garbage": ([base[0], "--checkpoint", f / "garbage.pt", *base[3:]],
+                               "garbage.pt: not a readable checkpoint"),
+        "device unknown": ([*base, "--device", "tpu"], "--device"),
+    }
+
+
+PREDICT_CASES = list(_predict_cases(Path("x")))
+
+
+@pytest.mark.parametrize("case", PREDICT_CASES)
+def test_bad_predict(trained, capsys, case):
+    argv, fragment = _predict_cases(trained)[case]
+    message = _fails(argv, capsys, fragment)
+    assert "weights_only=False" not in message and "weights_only` set to `False" not in message
+    assert not (trained / "out" / "scores.csv").exists()
+    assert not [p for p in (trained / "out").glob(".*")] if (trained / "out").exists() else True
+
+
+def _evaluate_cases(f: Path) -> dict[str, tuple[list, str]]:
+    base = ["evaluate", "--checkpoint", f / "run"]
+    return {
+        "split unknown": ([*base, "--split", "nope"], "no split 'nope'"),
+        "data encoded otherwise": ([*base, "--data", f / "other"], "is not encoded like the data"),
+        "data missing": ([*base, "--data", f / "nowhere"], "nowhere"),
+        "data not a prepared folder": ([*base, "--data", f / "run"], "run"),
+        "checkpoint garbage": (["evaluate", "--checkpoint", f / "garbage.pt"], "garbage.pt: not a readable checkpoint"),
+        "device unknown": ([*base, "--device", "tpu"], "--device"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_evaluate_cases(Path("x"))))
+def test_bad_evaluate(trained, capsys, case):
+    argv, fragment = _evaluate_cases(trained)[case]
+    message = _fails(argv, capsys, fragment)
+    assert "weights_only" not in message
+
+
+def test_predict_quiet_prints_nothing(trained, capsys):
+    out = trained / "quiet" / "scores.csv"
+    assert main(["predict", "--checkpoint", str(trained / "run"), "--input", str(trained / "in.csv"),
+                 "--output", str(out), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
+    assert out.read_text().splitlines()[0] == "user,item,score"

@@ -413,3 +413,36 @@ def test_predict_quiet_prints_nothing(trained, capsys):
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == ""
     assert out.read_text().splitlines()[0] == "user,item,score"
+
+
+# ---------------------------------------------------------------------------------------------
+# on_bad_value: oov (codec int): junk goes to OOV and is counted; the default stays an error
+
+
+def test_on_bad_value_oov_maps_junk_to_oov_and_counts_it(tmp_path, capsys):
+    import json
+
+    import numpy as np
+
+    text = GOOD_CSV + "1,unkonwn,x\n0,n/a,y\n"
+    (tmp_path / "d.csv").write_text(text)
+    (tmp_path / "schema.yaml").write_text(CSV_COLUMNS.replace("codec: int}", "codec: int, on_bad_value: oov}")
+                                          + "split: {by: files}\n")
+    assert main(["prepare", "dataset.format=csv", f"dataset.train={tmp_path / 'd.csv'}", "dataset.min_count=1",
+                 f"dataset.schema={tmp_path / 'schema.yaml'}", f"dataset.prepared_dir={tmp_path / 'p'}",
+                 "train.progress=false"]) == 0
+    schema = json.loads((tmp_path / "p" / "schema.json").read_text())
+    assert schema["report"]["bad_values_as_oov"] == {"a": 2}
+    ids = np.load(tmp_path / "p" / "train" / "ids.npy")
+    assert sorted(schema["fields"][0]["vocab"]) == sorted(str(i) for i in range(40))
+    assert (ids[:, 0] == 1).sum() == 2   # the two junk values, nothing else
+
+
+@pytest.mark.parametrize("column, fragment", [
+    ("{name: b, kind: categorical, on_bad_value: oov}", "oov is for codec int feature columns"),
+    ("{name: b, kind: categorical, codec: int, on_bad_value: skip}", "expected error or oov"),
+])
+def test_on_bad_value_is_checked(tmp_path, capsys, column, fragment):
+    schema = CSV_COLUMNS.replace("{name: b, kind: categorical}", column)
+    _prepare(tmp_path, "csv", GOOD_CSV.encode(), schema, capsys, "schema.yaml: key 'columns[2].on_bad_value'",
+             fragment)

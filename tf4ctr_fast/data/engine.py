@@ -42,8 +42,8 @@ import numpy as np
 from ..errors import InputError
 from ..io_utils import atomic_dir
 from .columns import OOV_ID, PADDING_ID, IntVocab, check_replaceable, write_schema
-from .text import Chunk, count_lines
-from .vocab import KeyCounter, count_run, fit, key_text, to_json
+from .text import BAD_VALUE, Chunk, count_lines
+from .vocab import KeyCounter, count_of, count_run, fit, key_text, to_json
 
 SPLIT_NAMES = ("train", "valid", "test")
 DEFAULT_CHUNK_BYTES = 16 << 20   # arrays per chunk stay under glibc's 32 MB mmap threshold: memory is
@@ -65,6 +65,7 @@ class FieldInfo:
     codec: str
     min_count: int
     schema: dict[str, Any] = field(default_factory=dict)
+    on_bad_value: str = "error"     # "oov": junk tokens of a codec int field encode as OOV, counted
 
 
 @dataclass
@@ -667,6 +668,9 @@ def prepare_text(fmt: TextFormat, plan: SplitPlan, out_dir: str | Path, opts: En
         texts = _write_columns(tmp, job, rows, pos, sizes, mv_lengths, vocabs, mv_vocabs, recover_plan)
         schema = _schema(fmt, format_name, plan, opts, sources, digests, vocabs, mv_vocabs, texts,
                          bad_rows, examples)
+        oov = {f.name: count_of(c, BAD_VALUE) for f, c in zip(fmt.categorical, counters) if f.on_bad_value == "oov"}
+        if oov:  # junk values read as OOV, per field, in the train split
+            schema["report"]["bad_values_as_oov"] = oov
         write_schema(tmp, schema, dict(zip(job.split_names, sizes)))
     return Path(out_dir)
 

@@ -33,14 +33,14 @@ from ..config import DatasetConfig
 from ..errors import InputError
 from .engine import DEFAULT_CHUNK_BYTES, Decoded, FieldInfo, prepare_text
 from .options import Spec, engine_options, load_spec, reject_csv_ids_keys, split_plan
-from .text import (MISSING, Chunk, hash_keys, hex_keys, log2_buckets, parse_ints, parse_numbers,
+from .text import (BAD_VALUE, MISSING, Chunk, hash_keys, hex_keys, log2_buckets, parse_ints, parse_numbers,
                    split_lines, split_spans, utf8_spans)
 from .vocab import CODECS
 
 KINDS = ("categorical", "multi_valued", "numeric_bucket", "label", "group", "keep", "time")
 POOLINGS = ("sum", "mean")
 _COLUMN_KEYS = {
-    "categorical": {"codec", "group", "keep", "min_count"},
+    "categorical": {"codec", "group", "keep", "min_count", "on_bad_value"},
     "multi_valued": {"codec", "separator", "max_len", "pooling", "min_count"},
     "numeric_bucket": {"rule", "boundaries", "min_count"},
     "label": set(), "group": {"codec"}, "keep": set(), "time": set(),
@@ -61,6 +61,7 @@ class Column:
     group: bool = False
     keep: bool = False
     min_count: Optional[int] = None
+    on_bad_value: Optional[str] = None    # "oov": a codec int token that is no integer encodes as OOV
 
     @property
     def is_field(self) -> bool:
@@ -150,8 +151,13 @@ def _column(c: Any, key: str, delimiter: str) -> Column:
             raise InputError(f"{key}.{flag}': expected true or false")
     if c.get("keep") and codec != "int":
         raise InputError(f"{key}.keep': kept raw values are integers; needs codec int")
+    on_bad_value = c.get("on_bad_value", "error")
+    if on_bad_value not in ("error", "oov"):
+        raise InputError(f"{key}.on_bad_value': expected error or oov, got {on_bad_value!r}")
+    if on_bad_value == "oov" and (codec != "int" or c.get("group") or c.get("keep")):
+        raise InputError(f"{key}.on_bad_value': oov is for codec int feature columns (not group or keep ones)")
     out = dict(name=c["name"], kind=kind, codec=codec, group=c.get("group", False), keep=c.get("keep", False),
-               min_count=min_count)
+               min_count=min_count, on_bad_value="oov" if on_bad_value == "oov" else None)
     if kind == "multi_valued":
         sep, max_len, pooling = c.get("separator"), c.get("max_len"), c.get("pooling", "sum")
         if not isinstance(sep, str) or len(sep.encode()) != 1 or sep in ("\n", "\r", delimiter):
@@ -216,7 +222,7 @@ class CsvFormat:
         self._ignored: list[str] = []
 
     def _info(self, c: Column) -> FieldInfo:
-        return FieldInfo(c.name, c.codec, c.min_count or self.min_count, c.schema_extra())
+        return FieldInfo(c.name, c.codec, c.min_count or self.min_count, c.schema_extra(), c.on_bad_value or "error")
 
     def decoder(self, path: Path, header: Optional[str]) -> CsvDecoder:
         cols = self.layout.columns
@@ -316,7 +322,10 @@ class CsvDecoder:
             keys, ok, what = self._parse(chunk, parser, start[ks], length[ks])
             cat_keys[js] = keys
             for i in np.flatnonzero(~ok.all(axis=1)):
-                check(~ok[i], bad_token(self.single[js[i]].name, what))
+                if self.single[js[i]].on_bad_value == "oov":
+                    cat_keys[js[i], ~ok[i]] = BAD_VALUE
+                else:
+                    check(~ok[i], bad_token(self.single[js[i]].name, what))
         cat_starts = None
         if any(c.codec == "str" for c in self.single):
             cat_starts = start[[column[c.name] for c in self.single]]

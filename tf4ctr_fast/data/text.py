@@ -21,6 +21,9 @@ from typing import BinaryIO, Optional
 import numpy as np
 
 MISSING = np.int64(np.iinfo(np.int64).min)   # key of an empty int/numeric token; sorts first
+# key of a junk token in a codec int column with on_bad_value: oov; never in a vocabulary (so it encodes
+# as OOV), and no parsed integer (at most MAX_INT_DIGITS digits) can have it
+BAD_VALUE = np.int64(np.iinfo(np.int64).min + 1)
 MAX_NUMBER_WIDTH = 40                         # longer numeric tokens are rejected, not parsed
 MAX_INT_DIGITS = 18                           # always fits int64
 MAX_HEX_DIGITS = 14                           # the top byte of a hex key keeps the width

@@ -6,6 +6,7 @@ header: true              # column names from the first line (default); false: `
 columns:                  # with a header, columns not listed are ignored (and named in the report)
   - {name: label, kind: label}                      # 0/1 (0.0/1.0 too)
   - {name: user, kind: categorical, codec: int, group: true}
+  - {name: count, kind: categorical, codec: int, on_bad_value: oov}   # junk -> OOV, counted (default: error)
   - {name: song, kind: categorical}                 # codec str (default): any text
   - {name: genres, kind: multi_valued, separator: "|", max_len: 5, pooling: mean}
   - {name: I1, kind: numeric_bucket, rule: log2}    # Criteo's floor(ln(v)^2) rule

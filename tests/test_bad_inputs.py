@@ -446,3 +446,53 @@ def test_on_bad_value_is_checked(tmp_path, capsys, column, fragment):
     schema = CSV_COLUMNS.replace("{name: b, kind: categorical}", column)
     _prepare(tmp_path, "csv", GOOD_CSV.encode(), schema, capsys, "schema.yaml: key 'columns[2].on_bad_value'",
              fragment)
+
+
+# ---------------------------------------------------------------------------------------------
+# knobs that must do what they say
+
+
+def test_progress_false_silences_prepare(tmp_path, capsys):
+    config = write_planted_run(tmp_path)
+    (tmp_path / "schema.yaml").write_text(CSV_COLUMNS)
+    (tmp_path / "d.csv").write_text(GOOD_CSV)
+    assert main(["prepare", "dataset.format=csv", f"dataset.train={tmp_path / 'd.csv'}",
+                 f"dataset.schema={tmp_path / 'schema.yaml'}", f"dataset.prepared_dir={tmp_path / 'p'}",
+                 "train.progress=false"]) == 0
+    assert capsys.readouterr().err == ""
+    assert config.exists()
+
+
+def test_log_writes_float32_as_its_shortest_text():
+    import json
+
+    import numpy as np
+
+    from tf4ctr_fast.train.runlog import to_jsonable
+
+    value = {"lr": np.float32(0.01), "row": np.array([0.1, 0.7], dtype=np.float32), "x": np.float64(0.1),
+             "nan": np.float32("nan"), "scalar": np.array(np.float32(0.3))}
+    assert json.dumps(to_jsonable(value)) == '{"lr": 0.01, "row": [0.1, 0.7], "x": 0.1, "nan": null, "scalar": 0.3}'
+
+
+def test_fx_tracing_notice_is_filtered():
+    import logging
+
+    import tf4ctr_fast.embedding  # noqa: F401  (installs the filter)
+
+    logger = logging.getLogger("torch.fx._symbolic_trace")
+    notice = logger.makeRecord(logger.name, logging.WARNING, "x", 1,
+                               "is_fx_tracing will return true for both fx.symbolic_trace and torch.export.", (), None)
+    other = logger.makeRecord(logger.name, logging.WARNING, "x", 1, "something else", (), None)
+    assert not logger.filter(notice) and logger.filter(other)
+
+
+def test_schema_summary_lists_multi_valued_fields():
+    from types import SimpleNamespace
+
+    from tf4ctr_fast.train.trainer import _schema_summary
+
+    data = SimpleNamespace(field_names=["a"], vocab_sizes=[5], group_field=None, multi_valued_fields=[
+        {"name": "tags", "vocab_size": 9, "max_len": 4, "pooling": "mean", "vocab": {"x": 2}}])
+    summary = _schema_summary(data, {})
+    assert summary["multi_valued_fields"] == [{"name": "tags", "vocab_size": 9, "max_len": 4, "pooling": "mean"}]

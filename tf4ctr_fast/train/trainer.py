@@ -225,9 +225,10 @@ def _check_torchrec_config(cfg: RunConfig, device: torch.device) -> None:
 
 
 def _schema_summary(data: Any, splits: dict[str, Any]) -> dict[str, Any]:
+    bags = getattr(data, "multi_valued_fields", [])   # in-memory datasets have none
     return {"fields": list(data.field_names), "vocab_sizes": list(data.vocab_sizes),
             "multi_valued_fields": [{k: f.get(k) for k in ("name", "vocab_size", "max_len", "pooling")}
-                                    for f in data.multi_valued_fields],
+                                    for f in bags],
             "group_field": data.group_field,
             "rows": {name: int(s.num_rows) for name, s in splits.items()}}
 

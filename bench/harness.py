@@ -34,7 +34,8 @@ warnings.filterwarnings("ignore", module="fbgemm_gpu")
 
 from tf4ctr_fast.config import ModelConfig, SyntheticConfig  # noqa: E402
 from tf4ctr_fast.data.synthetic import synthesize  # noqa: E402
-from tf4ctr_fast.models import build_engine_model, reference_to_engine_state_dict  # noqa: E402
+from tf4ctr_fast.models import build_model, reference_to_engine_state_dict  # noqa: E402
+from tf4ctr_fast.train.precision import autocast  # noqa: E402
 
 
 # ---- sizes -----------------------------------------------------------------------------------------
@@ -193,26 +194,27 @@ def build_pair(vocab_sizes: Sequence[int], device: torch.device) -> tuple[nn.Mod
     Both have dense_parameters(): what Adam and the clipping cover.
     """
     torch.manual_seed(0)
-    reference = build_engine_model(dataclasses.replace(MODEL, head="reference"), vocab_sizes,
-                                   backend="reference", device=device)
+    reference = build_model(dataclasses.replace(MODEL, head="reference"), vocab_sizes, device=device)
     names = field_names()
-    engine = build_engine_model(dataclasses.replace(MODEL, head="fused"), vocab_sizes, backend="torchrec",
-                                field_names=names, sparse_optimizer="rowwise_adagrad", sparse_lr=SPARSE_LR,
-                                sparse_eps=SPARSE_EPS, device=device)
+    engine = build_model(dataclasses.replace(MODEL, head="fused", backend="torchrec"), vocab_sizes,
+                         field_names=names, sparse_optimizer="rowwise_adagrad", sparse_lr=SPARSE_LR,
+                         sparse_eps=SPARSE_EPS, device=device)
     engine.load_state_dict(reference_to_engine_state_dict(reference.state_dict(), names))
     return reference, engine
 
 
-def training_step(model: nn.Module) -> Callable[[Tensor, Tensor], None]:
-    """step(ids, y): one trainer step, as tf4ctr_fast.train.trainer does it: loss + regularizer,
-    backward (fused tables update in here), clip the dense gradients' norm, Adam on the dense
-    parameters; then a device sync, so that a timer around it sees the work done."""
+def training_step(model: nn.Module, precision: str = "fp32") -> Callable[[Tensor, Tensor], None]:
+    """step(ids, y): one trainer step, as tf4ctr_fast.train.trainer does it: loss + regularizer (the
+    forward under train.precision's autocast), backward (fused tables update in here), clip the dense
+    gradients' norm, Adam on the dense parameters; then a device sync, so that a timer around it sees
+    the work done."""
     params = list(model.dense_parameters())
     optimizer = torch.optim.Adam(params, lr=DENSE_LR)
 
     def step(ids: Tensor, y: Tensor) -> None:
         optimizer.zero_grad(set_to_none=True)
-        loss = model.loss(ids, y)["loss"] + model.regularization()
+        with autocast(precision, ids.device):
+            loss = model.loss(ids, y)["loss"] + model.regularization()
         loss.backward()
         nn.utils.clip_grad_norm_(params, CLIP_NORM)
         optimizer.step()

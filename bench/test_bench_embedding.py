@@ -1,7 +1,7 @@
 """SER embedding layer: the tables' whole part of a training step, engine (TorchRec/FBGEMM) vs the
 reference (nn.Embedding), batch 4096, 39 Criteo-schema fields, total vocabulary swept by --bench-size.
 
-  reference  reference.ssem.SER: lookup, whole-table L2 (FuxiCTR's regularizer), backward into dense
+  reference  layers.ssem.SER: lookup, whole-table L2 (FuxiCTR's regularizer), backward into dense
              [V, d] gradients, dense Adam over the whole tables (what the reference trainer does)
   engine     embedding.SERTables: one fused lookup, L2 over the rows the batch looks up, backward with
              FBGEMM's row-wise Adagrad applied inside it, to those rows only
@@ -20,8 +20,8 @@ import torch
 from harness import (DENSE_LR, MODEL, SPARSE_EPS, SPARSE_LR, assert_fused_update, criteo_batch,
                      criteo_vocab_sizes, field_names, record, sync)
 from tf4ctr_fast.embedding import SERTables, SERTablesConfig
-from tf4ctr_fast.reference.layers import embedding_l2
-from tf4ctr_fast.reference.ssem import SER
+from tf4ctr_fast.layers.embedding import embedding_l2
+from tf4ctr_fast.layers.ssem import SER
 
 DIM = MODEL.embedding_dim
 

@@ -29,7 +29,7 @@ from torch import nn
 from harness import (MODEL, assert_close_scaled, build_pair, criteo_batch, criteo_vocab_sizes, field_names,
                      linear_macs, record, sync)
 from tf4ctr_fast.models import engine_to_reference_state_dict
-from tf4ctr_fast.reference import build_model
+from tf4ctr_fast.models import build_model
 
 VOCAB = 1_000_000
 FORMS = ("reference", "eager", "compiled", "exported")

@@ -5,6 +5,8 @@
              whole-table L2, clipping over every gradient (the paper's protocol)
   engine     TorchRec/FBGEMM SER tables (row-wise Adagrad fused into backward, L2 over the batch's
              rows) + fused twin head (C++ on CPU, Triton on CUDA); Adam and clipping on the dense part
+  engine_bf16  the same engine step with its forward under bf16 autocast (train.precision bf16);
+             its parity with the float32 step is tests/test_precision.py's, to bf16 rounding
 
 A step is what tf4ctr_fast.train.trainer does per batch (harness.training_step). Parity first, per
 vocabulary, on the fresh pair: loss, logits, every dense gradient and the tables' fused update
@@ -26,6 +28,7 @@ class StepCase:
         self.models = dict(zip(("reference", "engine"), build_pair(self.vocab_sizes, device)))
         assert_step_parity(self.models["reference"], self.models["engine"], self.ids, self.y)
         self.steps = {path: training_step(model) for path, model in self.models.items()}
+        self.steps["engine_bf16"] = training_step(self.models["engine"], precision="bf16")
         self.flops = 6 * linear_macs(self.models["reference"]) * batch
 
 
@@ -34,7 +37,7 @@ def step_case(env, vocab) -> StepCase:
     return StepCase(vocab, env.sizes.step_batch, env.device)
 
 
-@pytest.mark.parametrize("path", ["reference", "engine"])
+@pytest.mark.parametrize("path", ["reference", "engine", "engine_bf16"])
 def test_training_step(benchmark, env, step_case, vocab, path):
     batch = step_case.ids.shape[0]
     benchmark.group = f"training step vocab {vocab:.1e} B={batch} {env.device.type}"

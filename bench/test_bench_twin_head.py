@@ -20,7 +20,7 @@ import torch
 import tf4ctr_fast.ops as ops
 from harness import record, sync
 from tf4ctr_fast.reference import dfm as ref_dfm
-from tf4ctr_fast.reference.layers import xavier_linear
+from tf4ctr_fast.layers.init import xavier_linear
 from tf4ctr_fast.reference.loss import total_loss
 
 H = 400

@@ -22,7 +22,8 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from tf4ctr_fast.embedding import SERTables, SERTablesConfig
 from tf4ctr_fast.reference.dfm import build_dfm
-from tf4ctr_fast.reference.layers import MLPBlock, xavier_linear
+from tf4ctr_fast.layers.init import xavier_linear
+from tf4ctr_fast.layers.mlp import MLPBlock
 from tf4ctr_fast.reference.loss import total_loss
 
 FIELDS = ["user", "item", "genres"]

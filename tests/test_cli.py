@@ -93,6 +93,8 @@ def test_unknown_key_exits_2(ids_dataset, capsys):
     _, config = ids_dataset
     assert main(["train", "--config", str(config), "model.alpah=0.3"]) == 2
     assert "'model.alpah' is unknown" in capsys.readouterr().err
+    assert main(["train", "--config", str(config), "model.name=DCN", "model.params.cross_layers=2"]) == 2
+    assert "'model.params.cross_layers' is unknown" in capsys.readouterr().err
 
 
 def test_missing_checkpoint_exits_2(tmp_path, capsys):
@@ -125,7 +127,8 @@ def test_train_reprepares_when_dataset_options_change(ids_dataset, capsys):
     assert main(["prepare", "--config", str(config)]) == 0
     assert main(["train", "--config", str(config), *TINY_MODEL, "train.epochs=1"]) == 0
     assert "preparing" not in capsys.readouterr().out  # same options: the folder is reused
-    assert main(["train", "--config", str(config), *TINY_MODEL, "train.epochs=1", "dataset.min_count=3"]) == 0
+    assert main(["train", "--config", str(config), *TINY_MODEL, "train.epochs=1", "dataset.min_count=3",
+                 "--overwrite"]) == 0
     assert "prepared with other dataset options" in capsys.readouterr().out
     schema = json.loads((tmp_path / "prepared" / "schema.json").read_text())
     assert schema["options"]["min_count"] == 3

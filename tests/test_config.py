@@ -2,20 +2,24 @@ import pytest
 
 from tf4ctr_fast.config import RunConfig, load_config
 from tf4ctr_fast.errors import InputError
+from tf4ctr_fast.models import resolve_params
 
 
 def test_defaults_are_the_embedded_demo():
     cfg = load_config()
     assert isinstance(cfg, RunConfig)
-    assert (cfg.dataset.format, cfg.model.name, cfg.model.ssem, cfg.model.dfm) == ("synthetic", "TF4CTR", "SER", "WSF")
+    params = resolve_params(cfg.model)
+    assert (cfg.dataset.format, cfg.model.name, params.ssem, params.dfm) == ("synthetic", "TF4CTR", "SER", "WSF")
 
 
 def test_yaml_then_overrides(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("model:\n  alpha: 0.5\n  mlp_s_hidden: [32]\ntrain:\n  lr: 0.01\n")
     cfg = load_config(path, ["train.lr=0.002", "model.gamma=3", "dataset.synthetic.rows=1000"])
-    assert cfg.model.alpha == 0.5 and cfg.model.mlp_s_hidden == [32]
-    assert cfg.train.lr == 0.002 and cfg.model.gamma == 3.0 and cfg.dataset.synthetic.rows == 1000
+    params = cfg.model.params        # the resolved config: every parameter of the model under params
+    assert params["alpha"] == 0.5 and params["mlp_s_hidden"] == [32] and params["c"] == 0.9
+    assert cfg.train.lr == 0.002 and params["gamma"] == 3.0 and cfg.dataset.synthetic.rows == 1000
+    assert cfg.model.alpha is None and resolve_params(cfg.model).alpha == 0.5
 
 
 @pytest.mark.parametrize("text, key", [
@@ -78,3 +82,32 @@ def test_exponent_without_a_dot_is_a_number(tmp_path):
     assert load_config(None, ["train.device=1e-6"]).train.device == "1e-6"
     with pytest.raises(InputError, match="'train.lr': expected a number"):
         load_config(None, ["train.lr=1e-"])
+
+
+def test_model_params_are_typed_and_checked_against_the_model(tmp_path):
+    cfg = load_config(None, ["model.name=DCNv2", "model.params.num_cross_layers=2",
+                             "model.params.model_structure=stacked"])
+    params = resolve_params(cfg.model)
+    assert (params.num_cross_layers, params.model_structure, params.low_rank) == (2, "stacked", 32)
+    path = tmp_path / "bad.yaml"
+    path.write_text("model:\n  name: AutoInt\n  params:\n    attention_layer: 3\n")
+    with pytest.raises(InputError, match=r"bad\.yaml: config key 'model\.params\.attention_layer' is unknown"):
+        load_config(path)
+    with pytest.raises(InputError, match=r"'model\.params\.num_heads': expected an integer"):
+        load_config(None, ["model.name=AutoInt", "model.params.num_heads=two"])
+    with pytest.raises(InputError, match=r"'model\.params\.bridge_type': must be one of"):
+        load_config(None, ["model.name=EDCN", "model.params.bridge_type=sum"])
+
+
+def test_legacy_model_keys_map_into_params():
+    """configs/*.yaml keep TF4CTR's keys at model level: they fill model.params of any model with a
+    parameter of that name, the other models ignore them (as before the model zoo)."""
+    cfg = load_config("configs/frappe.yaml")
+    params = resolve_params(cfg.model)
+    assert (params.alpha, params.c, params.mlp_s_hidden, params.ssem) == (0.25, 0.7, [400, 400], "SER")
+    dnn = load_config("configs/frappe.yaml", ["model.name=DNN", "model.dnn_hidden=[32]"])
+    assert resolve_params(dnn.model).dnn_hidden == [32]
+    with pytest.raises(InputError, match=r"'model\.alpha' and 'model\.params\.alpha' are both set"):
+        load_config(None, ["model.alpha=0.3", "model.params.alpha=0.4"])
+    with pytest.raises(InputError, match=r"'model\.alpha': must be in \[0, 1\]"):
+        load_config(None, ["model.alpha=3"])

@@ -1,19 +1,19 @@
-"""Two CPU ranks (gloo) train a tiny sharded TF4CTR and match one process running the same objective;
-sharded checkpoints gather into the unsharded layout and load back. One spawn covers table-wise and
-column-wise sharding (process start-up dominates the cost)."""
+"""Two CPU ranks (gloo) train a tiny sharded TF4CTR and match one process running the same objective
+(tests/data_parallel.py); sharded checkpoints gather into the unsharded layout and load back. One spawn
+covers table-wise and column-wise sharding (process start-up dominates the cost)."""
 import warnings
 
 import pytest
 import torch
-import torch.distributed as dist
 
 warnings.filterwarnings("ignore", module="torchrec")
 warnings.filterwarnings("ignore", module="fbgemm_gpu")
 
+from data_parallel import run_on_ranks, train_single_process_twin  # noqa: E402
 from tf4ctr_fast.config import ModelConfig  # noqa: E402
-from tf4ctr_fast.distributed import launch, shard_model  # noqa: E402
+from tf4ctr_fast.distributed import shard_model  # noqa: E402
 from tf4ctr_fast.errors import InputError  # noqa: E402
-from tf4ctr_fast.models import build_engine_model  # noqa: E402
+from tf4ctr_fast.models import build_model  # noqa: E402
 
 NAMES = ["a", "b", "c", "d"]
 VOCAB = [37, 19, 11, 5]
@@ -23,12 +23,12 @@ DENSE_LR, SPARSE_LR = 0.05, 0.3
 SHARDINGS = ("table_wise", "column_wise")
 # No BatchNorm: per-rank batch statistics would differ from one process's by design.
 CFG = ModelConfig(embedding_dim=16, mlp_s_hidden=[16], mlp_c_hidden=[16, 8], batch_norm=False, net_dropout=0.0,
-                  emb_reg=0.5, dfm="WSF")
+                  emb_reg=0.5, dfm="WSF", backend="torchrec")
 
 
 def _model(sharded: bool):
-    return build_engine_model(CFG, VOCAB, field_names=NAMES, sparse_optimizer="sgd", sparse_lr=SPARSE_LR,
-                              sharded=sharded)
+    return build_model(CFG, VOCAB, field_names=NAMES, sparse_optimizer="sgd", sparse_lr=SPARSE_LR,
+                       fused=not sharded)
 
 
 def _batches():
@@ -41,6 +41,7 @@ def _batches():
 def _ranks_main(out_path: str) -> None:
     import logging
     logging.disable(logging.WARNING)
+    from data_parallel import train_sharded
     from tf4ctr_fast.distributed import init_distributed, load_unsharded_state_dict, unsharded_state_dict
     rank, world, _ = init_distributed()
     results = {}
@@ -49,16 +50,7 @@ def _ranks_main(out_path: str) -> None:
         model = _model(sharded=True)
         start = {k: v.detach().clone() for k, v in model.state_dict().items()}
         dmp = shard_model(model, sharding)
-        dense_opt = torch.optim.SGD(dmp.module.dense_parameters(), lr=DENSE_LR)
-        losses = []
-        for ids, y in _batches():
-            dense_opt.zero_grad()
-            loss = dmp(ids[rank::world], y[rank::world])["loss"] + dmp.module.regularization()
-            loss.backward()
-            dense_opt.step()
-            mean = loss.detach().clone()
-            dist.all_reduce(mean)
-            losses.append(mean.item() / world)
+        losses = train_sharded(dmp, _batches(), rank, world, DENSE_LR)
         trained = unsharded_state_dict(dmp)
         # Unsharded -> sharded: load the start weights back and predict.
         load_unsharded_state_dict(dmp, start)
@@ -74,26 +66,13 @@ def _ranks_main(out_path: str) -> None:
 
 @pytest.fixture(scope="module")
 def ranks_results(tmp_path_factory):
-    out = tmp_path_factory.mktemp("dist") / "results.pt"
-    launch(WORLD, _ranks_main, str(out))
-    return torch.load(out, weights_only=False)
+    return run_on_ranks(WORLD, _ranks_main, tmp_path_factory.mktemp("dist"))
 
 
 def _single_process_twin(start):
-    """One process, one fused model, the data-parallel objective: the mean over the rank batches of
-    (loss + batch regularizer). SGD is linear, so one fused update per lookup equals the summed one."""
     model = _model(sharded=False)
     model.load_state_dict(start)
-    dense_opt = torch.optim.SGD(model.dense_parameters(), lr=DENSE_LR)
-    losses = []
-    for ids, y in _batches():
-        dense_opt.zero_grad()
-        total = sum(model.loss(ids[r::WORLD], y[r::WORLD])["loss"] + model.regularization()
-                    for r in range(WORLD)) / WORLD
-        total.backward()
-        dense_opt.step()
-        losses.append(total.item())
-    return model, losses
+    return model, train_single_process_twin(model, _batches(), WORLD, DENSE_LR)
 
 
 @pytest.mark.parametrize("sharding", SHARDINGS)
@@ -127,5 +106,5 @@ def test_row_wise_needs_cuda():
 
 
 def test_fused_model_cannot_be_sharded():
-    with pytest.raises(InputError, match="sharded=True"):
+    with pytest.raises(InputError, match="fused=False"):
         shard_model(_model(sharded=False), "table_wise", device=torch.device("cpu"))

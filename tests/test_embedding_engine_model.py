@@ -1,5 +1,6 @@
 """The engine's TF4CTR (TorchRec SER tables) against the reference TF4CTR: same forward from the same
 weights, same parameters after SGD steps with the batch regularizer, state-dict round trips."""
+import dataclasses
 import warnings
 
 import pytest
@@ -10,9 +11,7 @@ warnings.filterwarnings("ignore", module="fbgemm_gpu")
 
 from tf4ctr_fast.config import ModelConfig  # noqa: E402
 from tf4ctr_fast.errors import InputError  # noqa: E402
-from tf4ctr_fast.models import (build_engine_model, engine_to_reference_state_dict,  # noqa: E402
-                                reference_to_engine_state_dict)
-from tf4ctr_fast.reference import build_model  # noqa: E402
+from tf4ctr_fast.models import build_model, engine_to_reference_state_dict, reference_to_engine_state_dict  # noqa: E402
 
 NAMES = ["u", "i", "c", "t"]
 VOCAB = [40, 25, 9, 3]
@@ -28,7 +27,8 @@ def _cfg(**kw) -> ModelConfig:
 def _pair(cfg: ModelConfig, sparse_lr: float = 0.1):
     torch.manual_seed(0)
     ref = build_model(cfg, VOCAB)
-    eng = build_engine_model(cfg, VOCAB, field_names=NAMES, sparse_optimizer="sgd", sparse_lr=sparse_lr)
+    eng = build_model(dataclasses.replace(cfg, backend="torchrec"), VOCAB, field_names=NAMES, sparse_optimizer="sgd",
+                      sparse_lr=sparse_lr)
     eng.load_state_dict(reference_to_engine_state_dict(ref.state_dict(), NAMES))
     return ref, eng
 
@@ -108,18 +108,14 @@ def test_state_dict_round_trip():
 
 
 def test_reference_backend_has_engine_contract():
-    model = build_engine_model(_cfg(), VOCAB, backend="reference")
+    model = build_model(_cfg(), VOCAB)
     assert len(model.dense_parameters()) == len(list(model.parameters()))
     assert model.sparse_optimizer() is None
 
 
 def test_backend_errors():
-    with pytest.raises(InputError, match="ssem SER"):
-        build_engine_model(_cfg(ssem="GM"), VOCAB)
-    with pytest.raises(InputError, match="ssem SER"):
-        build_engine_model(_cfg(name="DNN"), VOCAB)
-    with pytest.raises(InputError, match="unknown"):
-        build_engine_model(_cfg(), VOCAB, backend="jax")
-    eng = build_engine_model(_cfg(), VOCAB)
+    with pytest.raises(InputError, match="'model.backend'"):
+        build_model(_cfg(backend="jax"), VOCAB)
+    eng = build_model(_cfg(backend="torchrec"), VOCAB)
     with pytest.raises(InputError, match="field 'f1': id 25 "):
         eng(torch.tensor([[1, 25, 1, 1]]))

@@ -17,9 +17,9 @@ from tf4ctr_fast.embedding import SERTables, SERTablesConfig, ids_to_kjt  # noqa
 from tf4ctr_fast.embedding.features import (FieldBags, append_unique_rows, field_bags_to_kjt,  # noqa: E402
                                             ids_to_field_bags, kjt_to_field_bags, row_offsets_for,
                                             sorted_distinct_rows)
-from tf4ctr_fast.embedding.ser_tables import _SplitPooled  # noqa: E402
+from tf4ctr_fast.embedding.fused_tables import _SplitPooled  # noqa: E402
 from tf4ctr_fast.errors import InputError  # noqa: E402
-from tf4ctr_fast.reference.ssem import SER  # noqa: E402
+from tf4ctr_fast.layers.ssem import SER  # noqa: E402
 
 NAMES = ["user", "item", "tag"]
 VOCAB = [11, 23, 5]
@@ -370,7 +370,7 @@ def test_split_backward_equals_autograd_of_slicing(use):
                   "regularizer only": ("reg",)}[use]
         return sum(terms[k] for k in wanted)
 
-    e_s, e_c, reg = _SplitPooled.apply(pooled, 6, 4, lam)
+    e_s, e_c, reg = _SplitPooled.apply(pooled, 6, (4, 8), lam)
     (got,) = torch.autograd.grad(loss(e_s, e_c, reg), pooled)
     plain = (pooled[:6, :4], pooled[:6, 4:], (lam / 2) * pooled[6:].pow(2).sum())
     assert torch.equal(reg, plain[2])

@@ -2,6 +2,7 @@
 TorchRec SER tables (KJT keys) agree with a hand loop and with each other; a prepared CSV with a bag
 field trains through both backends (device and streaming loaders) to a planted signal that only the
 bag carries; checkpoints rebuild the bag tables."""
+import dataclasses
 import warnings
 
 import numpy as np
@@ -17,8 +18,8 @@ from tf4ctr_fast.data.columns import load_prepared  # noqa: E402
 from tf4ctr_fast.data.schema_csv import prepare_schema_csv  # noqa: E402
 from tf4ctr_fast.errors import InputError  # noqa: E402
 from tf4ctr_fast.features import BagField, Features  # noqa: E402
-from tf4ctr_fast.reference import build_model  # noqa: E402
-from tf4ctr_fast.reference.layers import FieldEmbeddings  # noqa: E402
+from tf4ctr_fast.models import build_model  # noqa: E402
+from tf4ctr_fast.layers.embedding import FieldEmbeddings  # noqa: E402
 from tf4ctr_fast.train.checkpoint import load_checkpoint  # noqa: E402
 from tf4ctr_fast.train.runlog import read_log  # noqa: E402
 from tf4ctr_fast.train.trainer import predict_proba, train  # noqa: E402
@@ -85,13 +86,14 @@ def test_every_reference_model_takes_bags(name, ssem):
 def test_torchrec_ser_tables_match_the_reference_on_the_same_weights():
     pytest.importorskip("torchrec")
     from tf4ctr_fast.embedding.features import features_to_kjt
-    from tf4ctr_fast.models import build_engine_model, engine_to_reference_state_dict, reference_to_engine_state_dict
+    from tf4ctr_fast.models import engine_to_reference_state_dict, reference_to_engine_state_dict
 
     names = ["u", "i"]
     cfg = ModelConfig(embedding_dim=8, mlp_s_hidden=[8], mlp_c_hidden=[8], net_dropout=0.0, head="reference")
     torch.manual_seed(0)
     ref = build_model(cfg, VOCAB, BAGS)
-    eng = build_engine_model(cfg, VOCAB, field_names=names, sparse_optimizer="sgd", bag_fields=BAGS)
+    eng = build_model(dataclasses.replace(cfg, backend="torchrec"), VOCAB, BAGS, field_names=names,
+                      sparse_optimizer="sgd")
     state = reference_to_engine_state_dict(ref.state_dict(), names, [f.name for f in BAGS])
     eng.load_state_dict(state)
     back = engine_to_reference_state_dict(eng.state_dict(), names, [f.name for f in BAGS])

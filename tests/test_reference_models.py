@@ -9,7 +9,7 @@ from torch import nn
 from tf4ctr_fast.config import ModelConfig
 from tf4ctr_fast.errors import InputError
 from tf4ctr_fast.reference.loss import logloss, total_loss
-from tf4ctr_fast.reference.models import build_model
+from tf4ctr_fast.models import build_model
 
 VOCAB = [10, 10, 7]
 B = 32
@@ -136,7 +136,7 @@ def test_training_steps_reduce_loss_on_a_planted_problem(name, ssem, dfm):
 
 
 @pytest.mark.parametrize("changes,key", [
-    ({"name": "DeepFM"}, "model.name"),
+    ({"name": "NoSuchModel"}, "model.name"),
     ({"ssem": "ser"}, "model.ssem"),
     ({"dfm": "Sum"}, "model.dfm"),
     ({"head": "triton"}, "model.head"),

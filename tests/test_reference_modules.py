@@ -8,8 +8,9 @@ from torch import nn
 
 from tf4ctr_fast.errors import InputError
 from tf4ctr_fast.reference.dfm import CF, VF, WSF, MoEF, SumFusion, build_dfm
-from tf4ctr_fast.reference.layers import FieldEmbeddings, MLPBlock
-from tf4ctr_fast.reference.ssem import GM, SER, MoE, Share, build_ssem
+from tf4ctr_fast.layers.embedding import FieldEmbeddings
+from tf4ctr_fast.layers.mlp import MLPBlock
+from tf4ctr_fast.layers.ssem import GM, SER, MoE, Share, build_ssem
 
 VOCAB = [6, 4, 9]
 F, D, B = len(VOCAB), 4, 16
@@ -128,7 +129,7 @@ def test_gm_splits_one_embedding_by_a_per_sample_gate():
         for table in gm.embedding.tables:  # bigger than the 1e-4 init so the ratios are well defined
             table.weight.uniform_(0.5, 1.5)
     ids = random_ids()
-    e = gm.embedding(ids)
+    e = gm.embed(ids)
     e_s, e_c = gm(ids)
     torch.testing.assert_close(e_s + e_c, e)
     g = e_s / e  # one scalar per sample, in (0, 1)
@@ -140,7 +141,7 @@ def test_gm_splits_one_embedding_by_a_per_sample_gate():
 def test_moe_mixes_two_experts_with_two_softmax_gates():
     moe = MoE(VOCAB, D, batch_norm=True, dropout=0.1).eval()
     ids = random_ids()
-    e = moe.embedding(ids)
+    e = moe.embed(ids)
     m1, m2 = moe.experts[0](e), moe.experts[1](e)
     assert m1.shape == (B, F * D)
     assert [l.out_features for l in moe.experts[0].layers if isinstance(l, nn.Linear)] == [F * D // 2, F * D]

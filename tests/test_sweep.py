@@ -128,3 +128,18 @@ def test_failed_run_exits_1_and_the_others_finish(tmp_path, capsys):
     rows = {r["configuration"]: r for r in summary["rows"]}
     assert rows["model.dnn_hidden=[16] model.name=DNN"]["seeds"] == [1]
     assert rows["model.dnn_hidden=[0] model.name=DNN"]["missing_seeds"] == [1]
+
+
+def test_unfinished_runs_resume_or_start_over(tmp_path):
+    from tf4ctr_fast.sweep import Run, _train_command
+
+    run = Run({"model.name": "DNN"}, 3, tmp_path / "name=DNN" / "seed3")
+    fresh = _train_command("c.yaml", ["train.epochs=2"], run, 1)
+    assert "--resume" not in fresh and "--overwrite" not in fresh and "train.seed=3" in fresh
+    run.out_dir.mkdir(parents=True)
+    (run.out_dir / "log.jsonl").write_text("")          # killed before its first last.pt
+    assert "--overwrite" in _train_command("c.yaml", [], run, 1)
+    (run.out_dir / "last.pt").write_bytes(b"")          # resumable: its own config, no overrides
+    cmd = _train_command("c.yaml", ["train.epochs=2"], run, 1)
+    assert cmd[cmd.index("--resume") + 1] == str(run.out_dir)
+    assert "--config" not in cmd and "train.epochs=2" not in cmd

@@ -85,7 +85,8 @@ def test_bad_input_in_a_rank_comes_back_as_input_error(two_rank_run, monkeypatch
                                      error_index=1, error_pid=123)
 
     monkeypatch.setattr(tf4ctr_fast.distributed, "launch", rank_fails)
-    cfg = load_config(config, [*ENGINE, "train.nproc=2"])
+    # a folder of its own: the finished run's is kept (and train refuses to replace it)
+    cfg = load_config(config, [*ENGINE, "train.nproc=2", f"train.out_dir={tmp / 'failing'}"])
     with pytest.raises(InputError, match="field 'item': id 99"):
         train(cfg, load_prepared(tmp / "prepared"))
 

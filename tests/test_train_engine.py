@@ -14,7 +14,7 @@ from test_trainer import VOCAB, make_cfg, planted_data  # noqa: E402
 
 from tf4ctr_fast.config import ModelConfig  # noqa: E402
 from tf4ctr_fast.errors import InputError  # noqa: E402
-from tf4ctr_fast.models import EngineTwinModel  # noqa: E402
+from tf4ctr_fast.models.tf4ctr import TF4CTR  # noqa: E402
 from tf4ctr_fast.train import checkpoint, trainer  # noqa: E402
 from tf4ctr_fast.train.checkpoint import load_checkpoint, read_checkpoint, restore_weights  # noqa: E402
 from tf4ctr_fast.train.runlog import read_log  # noqa: E402
@@ -54,9 +54,9 @@ def test_planted_problem_end_to_end_and_checkpoint(tmp_path, built):
     assert result["valid"]["auc"] > 0.7 and result["test"]["auc"] > 0.7     # the oracle is ~0.8
 
     [model] = built["models"]
-    assert isinstance(model, EngineTwinModel) and model.sparse_optimizer() is not None
+    assert isinstance(model, TF4CTR) and model.sparse_optimizer() is not None
     [adam_params] = built["adam_params"]
-    tables = {id(w) for w in model.ssem.embedding_tables()}
+    tables = {id(w) for w in model.ssem.weights()}
     assert {id(p) for p in adam_params} == {id(p) for p in model.dense_parameters()}
     assert tables and not tables & {id(p) for p in adam_params}
 

@@ -291,7 +291,7 @@ def test_exception_mid_run_leaves_only_complete_artifacts(tmp_path):
     for stale in ("results.json", "best.pt", "difficulty.png"):      # left by an earlier run here
         (tmp_path / stale).write_text("old")
     with pytest.raises(RuntimeError, match="boom"):
-        train(cfg, data, model=FailsInEpochTwo(VOCAB, fail_at_call=4 + 2))
+        train(cfg, data, model=FailsInEpochTwo(VOCAB, fail_at_call=4 + 2), overwrite=True)
     assert temp_files(tmp_path) == []
     assert not (tmp_path / "results.json").exists() and not (tmp_path / "difficulty.png").exists()
     assert [r["event"] for r in read_log(tmp_path / "log.jsonl")] == ["params", "epoch"]
@@ -344,6 +344,8 @@ def test_same_seed_same_run(tmp_path, monkeypatch):
     ("monitor", "AUC", "train.monitor"),
     ("device", "tpu", "train.device"),
     ("difficulty_thresholds", [0.6, 0.3], "train.difficulty_thresholds"),
+    ("checkpoint_every_steps", -1, "train.checkpoint_every_steps"),
+    ("divergence_factor", 0.5, "train.divergence_factor"),
 ])
 def test_bad_train_config_raises_input_error_naming_key(tmp_path, key, value, message):
     data, _ = planted_data(rows=(64, 32, 16))

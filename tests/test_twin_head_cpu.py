@@ -23,7 +23,7 @@ import tf4ctr_fast.ops as ops
 from tf4ctr_fast.ops import fused_head_from_modules, twin_head
 from tf4ctr_fast.ops.twin_head import _pack
 from tf4ctr_fast.reference import dfm as ref_dfm
-from tf4ctr_fast.reference.layers import xavier_linear
+from tf4ctr_fast.layers.init import xavier_linear
 from tf4ctr_fast.reference.loss import total_loss
 
 HS, HC = 24, 40  # Hs != Hc catches a swapped split of the fusion weights

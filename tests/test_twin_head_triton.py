@@ -159,7 +159,7 @@ def test_bfloat16_inputs_on_cuda(fusion):
 def test_op_dispatches_cuda_tensors_to_triton():
     import tf4ctr_fast.ops as ops
     from tf4ctr_fast.reference import dfm as ref_dfm
-    from tf4ctr_fast.reference.layers import xavier_linear
+    from tf4ctr_fast.layers.init import xavier_linear
 
     torch.manual_seed(0)
     head_s, head_c = xavier_linear(HS, 1).cuda(), xavier_linear(HC, 1).cuda()

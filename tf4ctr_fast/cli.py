@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -19,10 +20,12 @@ import numpy as np
 
 from .errors import InputError
 from .io_utils import atomic_file, temp_dir_beside
+from .signals import Interrupted, exit_code_of, sigterm_interrupts
 
 EPILOG = """\
 config keys: see tf4ctr_fast/config.py (sections dataset, model, train); examples in configs/.
-exit codes: 0 ok, 2 bad input (the message names the file, line or key), 130 interrupted."""
+exit codes: 0 ok, 2 bad input (the message names the file, line or key), 130 interrupted (Ctrl-C),
+143 terminated (SIGTERM). Run folders, checkpoints and resuming: docs/runs.md."""
 
 
 TRAIN_DESCRIPTION = """\
@@ -92,6 +95,12 @@ def _parser() -> argparse.ArgumentParser:
                          help="twin head: one fused op (default) or the op-by-op reference (same as model.head=...)")
     p_train.add_argument("--backend", choices=["reference", "torchrec"],
                          help="embedding tables (same as model.backend=...; see above)")
+    p_train.add_argument("--resume", metavar="RUN_DIR",
+                         help="continue the unfinished run in RUN_DIR from its last.pt, exactly as if it had "
+                              "not stopped; its saved config is used (only train.progress, train.num_threads "
+                              "and train.checkpoint_every_steps may be overridden)")
+    p_train.add_argument("--overwrite", action="store_true",
+                         help="replace the run already in train.out_dir (its own files only)")
     p_sweep = sub.add_parser("sweep", help="every (configuration, seed) of a grid as its own run, then a table "
                                            "of mean ± std with significance tests against a baseline",
                              description=SWEEP_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -137,21 +146,29 @@ def cmd_train(args) -> dict:
     from .config import load_config
     from .data.columns import load_prepared
     from .data.prepare import is_prepared_from, prepare
+    from .train.runfolder import check_run, resume_config
     from .train.trainer import train
 
     flags = {"train.nproc": args.nproc, "model.head": args.head, "model.backend": args.backend}
-    overrides = list(args.overrides) + [f"{key}={value}" for key, value in flags.items() if value is not None]
-    cfg = load_config(args.config, overrides)
-    out_dir = cfg.resolved_out_dir()  # a bad run folder stops the run now, before any preparing
+    flags = {key: value for key, value in flags.items() if value is not None}
+    if args.resume:
+        if args.config or flags or args.overwrite:
+            raise InputError("--resume: the run goes on with the config saved in its checkpoint; drop "
+                             "--config, --nproc, --head, --backend and --overwrite")
+        cfg = resume_config(Path(args.resume), args.overrides)
+    else:
+        cfg = load_config(args.config, list(args.overrides) + [f"{key}={value}" for key, value in flags.items()])
+    out_dir = cfg.resolved_out_dir()
     if os.path.lexists(out_dir) and not out_dir.is_dir():
         raise InputError(f"config key 'train.out_dir': {out_dir} is a file, not a run folder; "
                          "choose another train.out_dir")
+    check_run(out_dir, overwrite=args.overwrite, resume=bool(args.resume))
     data_dir = cfg.dataset.resolved_prepared_dir()
     if not is_prepared_from(cfg.dataset, data_dir):
         print(f"preparing {cfg.dataset.name} into {data_dir} (none there yet, or prepared with other "
               "dataset options)", flush=True)
         prepare(cfg.dataset, progress=cfg.train.progress)
-    result = train(cfg, load_prepared(data_dir))
+    result = train(cfg, load_prepared(data_dir), overwrite=args.overwrite, resume=bool(args.resume))
     _print_result(result)
     return result
 
@@ -291,14 +308,24 @@ def main(argv: list[str] | None = None) -> int:
     command = {"prepare": cmd_prepare, "train": cmd_train, "evaluate": cmd_evaluate,
                "predict": cmd_predict, "sweep": cmd_sweep}[args.command]
     try:
-        code = command(args)
+        with sigterm_interrupts():
+            code = command(args)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: nothing half-written was left behind", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        print(_interrupted_message(e), file=sys.stderr)
+        return exit_code_of(e)
     return code if isinstance(code, int) else 0
+
+
+def _interrupted_message(e: KeyboardInterrupt) -> str:
+    name = signal.Signals(exit_code_of(e) - 128).name
+    if isinstance(e, Interrupted) and e.checkpoint:
+        from .train.runfolder import resume_hint
+        return (f"interrupted by {name}: {e.checkpoint} holds the run at {e.where}; continue it with "
+                f"`{resume_hint(Path(e.checkpoint).parent)}`")
+    return f"interrupted by {name}: nothing half-written was left behind"
 
 
 if __name__ == "__main__":

@@ -86,31 +86,45 @@ class DatasetConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "TF4CTR"           # "TF4CTR" | "DualMLP" | "DNN"
+    """The keys every model shares; each model's own keys go under `params` (a mapping checked against
+    that model's parameter dataclass, tf4ctr_fast.models: unknown keys are named there).
+
+    The TF4CTR / DualMLP / DNN keys that predate the model zoo (ssem ... vf_tau below) are still read
+    at this level: each one that is set is moved into `params` for a model that has a parameter of that
+    name and ignored by the others, as before (docs/ARCHITECTURE.md "Model zoo").
+    """
+
+    name: str = "TF4CTR"           # a registered model: tf4ctr_fast.models.model_names()
     embedding_dim: int = 16
-    ssem: str = "SER"              # "SER" | "GM" | "MoE" | "share"
-    dfm: str = "WSF"               # "WSF" | "VF" | "CF" | "MoEF" | "sum"
-    mlp_s_hidden: list[int] = field(default_factory=lambda: [400, 400])
-    mlp_c_hidden: list[int] = field(default_factory=lambda: [400, 400, 400])
-    dnn_hidden: list[int] = field(default_factory=lambda: [400, 400, 400])
     batch_norm: bool = True
     net_dropout: float = 0.2
     # Defaults: the published Criteo_x4 settings (REFERENCE.md), matching the default synthetic
     # Criteo-schema dataset; configs/ sets each real dataset's own values.
     emb_reg: float = 1e-5
-    alpha: float = 0.35
-    c: float = 0.9
-    gamma: float = 1.0
-    vf_tau: float = 0.8
     # "fused": logits, DFM, BCE + Twin Focus loss and all their gradients as one op (C++ on CPU, Triton
-    # on CUDA; VF keeps the op-by-op path); "reference": the op-by-op PyTorch head.
+    # on CUDA; VF keeps the op-by-op path); "reference": the op-by-op PyTorch head. TF4CTR and DualMLP
+    # only: the other models have no twin head.
     head: str = "fused"
     # Where the embedding tables live and how they are trained (REFERENCE.md "Our decisions" 3):
-    # "reference": plain nn.Embedding tables, trained by the dense Adam with the whole-table L2 (every
-    #   model; the paper's protocol). "torchrec": TF4CTR with SSEM SER only; the SER tables are a TorchRec
+    # "reference": plain nn.Embedding tables, trained by the dense Adam with the whole-table L2 (the
+    #   paper's protocol). "torchrec": every field table of the model in one TorchRec
     #   EmbeddingBagCollection updated inside backward by FBGEMM's fused sparse optimizer
     #   (train.sparse_optimizer), with the L2 over the rows each batch looks up (docs/embedding.md).
     backend: str = "reference"     # "reference" | "torchrec"
+    params: dict[str, Any] = field(default_factory=dict)
+    # Legacy aliases of model parameters (None: not set; see the class docstring).
+    ssem: Optional[str] = None
+    dfm: Optional[str] = None
+    mlp_s_hidden: Optional[list[int]] = None
+    mlp_c_hidden: Optional[list[int]] = None
+    dnn_hidden: Optional[list[int]] = None
+    alpha: Optional[float] = None
+    c: Optional[float] = None
+    gamma: Optional[float] = None
+    vf_tau: Optional[float] = None
+
+
+LEGACY_MODEL_KEYS = ("ssem", "dfm", "mlp_s_hidden", "mlp_c_hidden", "dnn_hidden", "alpha", "c", "gamma", "vf_tau")
 
 
 @dataclass
@@ -131,6 +145,9 @@ class TrainConfig:
     monitor: str = "auc"           # "auc" | "auc+gauc" | "logloss" (minimized)
     seed: int = 2023
     device: str = "auto"           # "auto" | "cpu" | "cuda"
+    # the training forward: "fp32" | "bf16" (autocast; weights, optimizer, loss and metrics stay
+    # float32) | "auto" (bf16 where the device runs it fast); train/precision.py
+    precision: str = "fp32"
     num_threads: int = 0           # per process; 0: torch's default (divided between train.nproc processes)
     out_dir: str = ""              # default: runs/<dataset>_<model>_<backend>_<head>_seed<seed>
     difficulty_thresholds: list[float] = field(default_factory=lambda: [0.3, 0.6])
@@ -149,6 +166,15 @@ class TrainConfig:
     # the tables are sharded across them. One GPU per process when CUDA is available, else gloo on CPU.
     nproc: int = 1
     sharding: str = "table_wise"   # "table_wise" | "column_wise" | "row_wise" (CUDA only)
+    # last.pt, the resumable checkpoint (docs/runs.md), is written at every epoch end and, within an
+    # epoch: null (default) once a minute of training has passed since the last one and 50 times as
+    # long as that one took to write (so mid-epoch writes cost <= 2% of the time, and a kill loses
+    # about a minute of work, more for models whose checkpoint takes over 1.2 s to write); N >= 1:
+    # every N steps of an epoch. 0: none (only on SIGTERM / Ctrl-C). One-process runs only.
+    checkpoint_every_steps: Optional[int] = None
+    # Stop a run whose mean train loss in an epoch (read every 20 steps and at its end) exceeds this
+    # multiple of the first epoch's; 0 disables. A non-finite loss or gradient norm always stops it.
+    divergence_factor: float = 100.0
 
 
 @dataclass
@@ -191,6 +217,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise InputError(f"config key '{key}': expected a list, got {value!r}")
         return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise InputError(f"config key '{key}': expected a mapping, got {value!r}")
+        return dict(value)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise InputError(f"config key '{key}': expected a mapping, got {value!r}")
@@ -222,6 +252,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+def from_mapping(cls: type, data: dict, prefix: str = "") -> Any:
+    """An instance of the dataclass `cls` from a mapping, every value type-checked; an unknown or
+    mistyped key raises InputError naming it as f"{prefix}.{key}"."""
+    return _from_dict(cls, data, prefix)
+
+
 def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
@@ -244,6 +280,28 @@ def _set_path(data: dict, dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...],
+                    allowed: Optional[tuple[str, ...]] = None) -> None:
+    """Set each `a.b=value` (the value parsed as YAML) in the config mapping `data`; `allowed`: the
+    only keys that may be set (None: any). Messages name the override as given on the command line."""
+    for item in overrides:
+        where = f"command-line override '{item}': "
+        if "=" not in item:
+            raise InputError(f"{where}expected key=value, e.g. train.lr=0.001")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if allowed is not None and key not in allowed:
+            raise InputError(f"{where}only {', '.join(allowed)} may be set here")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw  # not YAML: the type check says what was expected
+        try:
+            _set_path(data, key, value)
+        except InputError as e:
+            raise InputError(f"{where}{e}") from None
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Defaults <- YAML file <- `a.b=value` overrides (values parsed as YAML).
 
@@ -263,27 +321,22 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise InputError(f"{p}: expected a mapping with dataset/model/train sections")
     cfg = _checked(data, f"{path}: " if path is not None else "")
     for item in overrides:
-        where = f"command-line override '{item}': "
-        if "=" not in item:
-            raise InputError(f"{where}expected key=value, e.g. train.lr=0.001")
-        key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
-            value = raw  # not YAML: the type check below says what was expected
-        try:
-            _set_path(data, key.strip(), value)
-        except InputError as e:
-            raise InputError(f"{where}{e}") from None
-        cfg = _checked(data, where)
+        apply_overrides(data, [item])
+        cfg = _checked(data, f"command-line override '{item}': ")
     return cfg
 
 
 def _checked(data: dict, where: str) -> RunConfig:
+    """The RunConfig of `data`, every key type- and range-checked; messages start with `where`."""
     try:
         cfg = _from_dict(RunConfig, data)
         check_ranges(cfg.dataset, "dataset")
         check_ranges(cfg.train, "train")
+        # The model's own keys (model.params) are checked against its parameter dataclass now, so a
+        # bad one is named before any data is read; the resolved config lists them all.
+        from .models import resolved_model_config
+
+        cfg.model = resolved_model_config(cfg.model)
     except InputError as e:
         raise InputError(f"{where}{e}") from None
     return cfg
@@ -345,6 +398,8 @@ RANGES: dict[str, Range] = {
     "train.sparse_lr": Range(0, 10, low_open=True),
     "train.sparse_eps": Range(0, 1, low_open=True),
     "train.nproc": Range(1),
+    "train.checkpoint_every_steps": Range(0, why="or null; 0: a last.pt only on a stop signal"),
+    "train.divergence_factor": Range(0, why="0: no divergence check; else above 1"),
 }
 
 
@@ -366,6 +421,9 @@ def check_ranges(section: Any, prefix: str) -> None:
         if section.min_lr > section.lr:
             raise InputError(f"config key 'train.min_lr': {section.min_lr!r} is above train.lr "
                              f"({section.lr!r}); the lr decays down to min_lr")
+        if 0 < section.divergence_factor <= 1:
+            raise InputError(f"config key 'train.divergence_factor': must be > 1, or 0 to disable, "
+                             f"got {section.divergence_factor!r}")
         t = section.difficulty_thresholds
         if len(t) != 2 or t[0] > t[1]:
             raise InputError(f"config key 'train.difficulty_thresholds': expected [t0, t1] with t0 <= t1, "

@@ -1,10 +1,10 @@
-"""Multi-process training of the engine's TF4CTR: DistributedModelParallel shards the SER tables
-(TorchRec planner, fused FBGEMM TBE per shard), DDP replicates the rest.
+"""Multi-process training of any model on the torchrec backend: DistributedModelParallel shards its
+field tables (TorchRec planner, fused FBGEMM TBE per shard), DDP replicates the rest.
 
 Per rank:
     rank, world, device = init_distributed()
     torch.manual_seed(seed)                     # the same seed everywhere: every rank builds the same init
-    model = build_engine_model(cfg, vocab_sizes, sharded=True, ...)
+    model = build_model(cfg, vocab_sizes, fused=False, ...)     # cfg.backend == "torchrec"
     dmp = shard_model(model, "table_wise")
     dense_opt = torch.optim.Adam(dmp.module.dense_parameters())      # gradients averaged by DDP
     loss = dmp(ids, y)["loss"] + dmp.module.regularization()    # call the wrapper: DDP hooks its forward
@@ -40,7 +40,7 @@ from torchrec.distributed.types import ShardingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 
-from .embedding import SERTables
+from .embedding import FusedFieldTables
 from .errors import InputError
 
 SHARDINGS = ("table_wise", "column_wise", "row_wise")
@@ -65,23 +65,24 @@ def init_distributed(backend: Optional[str] = None, device: str = "auto") -> tup
 
 def shard_model(model: nn.Module, sharding: str = "table_wise", device: Optional[torch.device] = None,
                 pg: Optional[dist.ProcessGroup] = None) -> DistributedModelParallel:
-    """Shard `model.ssem` (SERTables built with fused=False, i.e. build_engine_model(..., sharded=True))
-    across the process group, fusing its optimizer into the sharded kernels. The tables keep the
-    weights they had before sharding."""
+    """Shard the model's TorchRec field tables (FusedFieldTables built with fused=False) across the
+    process group, fusing their optimizer into the sharded kernels; DDP replicates the rest. The tables
+    keep the weights they had before sharding."""
     if sharding not in SHARDINGS:
         raise InputError(f"sharding {sharding!r} is unknown (known: {', '.join(SHARDINGS)})")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if sharding == "row_wise" and device.type != "cuda":
         raise InputError("row_wise sharding needs CUDA; on CPU (gloo) use table_wise or column_wise")
-    tables = getattr(model, "ssem", None)
-    if not isinstance(tables, SERTables) or not isinstance(tables.ebc, EmbeddingBagCollection):
-        raise InputError("shard_model needs the engine model built with sharded=True "
-                         "(build_engine_model(..., sharded=True))")
+    tables = {name: m for name, m in model.named_modules() if isinstance(m, FusedFieldTables)}
+    if len(tables) != 1 or not all(isinstance(t.ebc, EmbeddingBagCollection) for t in tables.values()):
+        raise InputError("shard_model needs a model with one set of TorchRec field tables, built with "
+                         "fused=False (models.build_model(..., fused=False) on model.backend torchrec)")
+    (prefix, tables), = tables.items()
     pg = pg or dist.GroupMember.WORLD
     world = dist.get_world_size(pg)
 
     # DistributedModelParallel re-initialises sharded tables, so their weights are put back below.
-    start = {k: v.detach().clone() for k, v in model.state_dict().items() if k.startswith("ssem.")}
+    start = {f"{prefix}.{k}": v.detach().clone() for k, v in tables.state_dict().items()}
     optimizer, kwargs = tables.cfg.fused_optimizer(device)
     apply_optimizer_in_backward(optimizer, tables.ebc.parameters(), kwargs)
     kind = getattr(ShardingType, sharding.upper()).value

@@ -6,7 +6,7 @@ multi-valued field, one bag of ids per row as (values [nnz], offsets [B + 1]), r
 values[offsets[i]:offsets[i + 1]]. The models pool each bag (nn.EmbeddingBag in the reference
 backend, a KeyedJaggedTensor key in the TorchRec one): no padding to a fixed length anywhere.
 
-Field order, everywhere (embedding outputs, SER tables, checkpoints): the single-valued fields in
+Field order, everywhere (embedding outputs, field tables, checkpoints): the single-valued fields in
 schema order, then the multi-valued fields in schema order.
 """
 from __future__ import annotations

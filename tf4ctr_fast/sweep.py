@@ -36,8 +36,7 @@ from typing import Optional, Sequence
 
 from .errors import InputError
 from .io_utils import atomic_file
-
-RESULTS_NAME = "results.json"   # the trainer's "finished" marker (train/trainer.py)
+from .train.runfolder import LAST_NAME, RESULTS_NAME, RUN_FILES
 METRICS = (("test", "auc"), ("test", "gauc"), ("test", "logloss"), ("valid", "auc"))
 
 
@@ -130,11 +129,19 @@ def plan_runs(out: Path, configs: Sequence[dict[str, str]], seeds: Sequence[int]
 # ---- running ----------------------------------------------------------------------------------------
 
 def _train_command(config_path: Optional[str], overrides: Sequence[str], run: Run, threads: int) -> list[str]:
+    """The run's `train`; an unfinished run (killed, or the sweep stopped) goes on from its last.pt with
+    --resume (its saved config), and one killed before its first last.pt starts over (--overwrite
+    removes only that run's own files)."""
     cmd = [sys.executable, "-m", "tf4ctr_fast.cli", "train"]
+    quiet = [f"train.num_threads={threads}", "train.progress=false"]
+    if (run.out_dir / LAST_NAME).is_file():
+        return cmd + ["--resume", str(run.out_dir), *quiet]
+    if any((run.out_dir / name).exists() for name in RUN_FILES):
+        cmd.append("--overwrite")
     if config_path:
         cmd += ["--config", config_path]
-    return cmd + [f"train.num_threads={threads}", *overrides, *(f"{k}={v}" for k, v in run.config.items()),
-                  f"train.seed={run.seed}", f"train.out_dir={run.out_dir}", "train.progress=false"]
+    return cmd + [quiet[0], *overrides, *(f"{k}={v}" for k, v in run.config.items()),
+                  f"train.seed={run.seed}", f"train.out_dir={run.out_dir}", quiet[1]]
 
 
 def _threads(overrides: Sequence[str], jobs: int) -> int:

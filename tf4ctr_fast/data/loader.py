@@ -68,9 +68,18 @@ class DeviceBatchLoader:
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
 
+    kind = "device"     # train.loader's name for it
+
     @property
     def num_rows(self) -> int:
         return self.ids.shape[0]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the sequence of epochs stands (taken between epochs, it fixes the next epoch's order)."""
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
 
     def __len__(self) -> int:
         return -(-self.num_rows // self.batch_size)

@@ -107,8 +107,17 @@ class StreamingBatchLoader:
         self.prefetch = max(1, prefetch)
         self.epoch = 0
 
+    kind = "streaming"  # train.loader's name for it
+
     def __len__(self) -> int:
         return -(-self.num_rows // self.batch_size)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the sequence of epochs stands (taken between epochs, it fixes the next epoch's order)."""
+        return {"epoch": self.epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch = int(state["epoch"])
 
     def __iter__(self) -> Iterator[tuple]:
         rng = np.random.default_rng([self.seed, self.epoch])

@@ -1,11 +1,13 @@
-"""SER dual tables on TorchRec/FBGEMM: one EmbeddingBagCollection, fused sparse optimizer, checked ids.
-See docs/embedding.md."""
+"""Field tables on TorchRec/FBGEMM: one EmbeddingBagCollection per model, fused sparse optimizer,
+checked ids. See docs/embedding.md."""
 import logging
 
 from .features import check_ids, check_kjt, drop_padding, ids_to_kjt
-from .ser_tables import OPTIMIZERS, SERTables, SERTablesConfig
+from .fused_tables import OPTIMIZERS, FusedFieldTables, FusedTablesConfig
+from .ser_tables import SERTables, SERTablesConfig
 
-__all__ = ["OPTIMIZERS", "SERTables", "SERTablesConfig", "check_ids", "check_kjt", "drop_padding", "ids_to_kjt"]
+__all__ = ["OPTIMIZERS", "FusedFieldTables", "FusedTablesConfig", "SERTables", "SERTablesConfig", "check_ids",
+           "check_kjt", "drop_padding", "ids_to_kjt"]
 
 
 class _NotFxTracingNotice(logging.Filter):

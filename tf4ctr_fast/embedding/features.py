@@ -1,4 +1,4 @@
-"""Input side of the SER tables: ids or Features -> bags grouped by field (the fused lookup's layout) or
+"""Input side of the fused field tables: ids or Features -> bags grouped by field (the fused lookup's layout) or
 a KeyedJaggedTensor, bounds checks, padding, and the extra bags that carry the batch regularizer
 through the fused lookup.
 
@@ -92,11 +92,11 @@ def check_kjt(kjt: KeyedJaggedTensor, field_names: Sequence[str], bounds: Tensor
     """Validate a user KJT (keys, weights, lengths, id range) and return it with keys in field order."""
     keys = kjt.keys()
     if sorted(keys) != sorted(field_names):
-        raise InputError(f"KeyedJaggedTensor keys {keys} do not match the SER fields {list(field_names)}")
+        raise InputError(f"KeyedJaggedTensor keys {keys} do not match the tables' fields {list(field_names)}")
     if kjt.weights_or_none() is not None:
-        raise InputError("weighted KeyedJaggedTensors are not supported by the SER tables (pooling is sum/mean)")
+        raise InputError("weighted KeyedJaggedTensors are not supported by the fused field tables (pooling is sum/mean)")
     if kjt.variable_stride_per_key():
-        raise InputError("variable-batch KeyedJaggedTensors are not supported by the SER tables "
+        raise InputError("variable-batch KeyedJaggedTensors are not supported by the fused field tables "
                          "(one stride for all keys)")
     # The fused lookup trusts the offsets built from these lengths (FBGEMM's own check is off there).
     lengths, num_values = kjt.lengths(), kjt.values().numel()

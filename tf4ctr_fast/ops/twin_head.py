@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from ..reference import dfm as ref_dfm
 from ..reference.loss import total_loss
-from ..reference.models import reference_head
+from ..reference.twin_head import reference_head
 from . import HAS_KERNELS
 
 # Fusion name -> the kernels' code. The kernels see K projections per branch: row 0 is the auxiliary
@@ -154,6 +154,9 @@ def fused_head_from_modules(h_s: Tensor, h_c: Tensor, head_s: nn.Linear, head_c:
     if y is None or fused is None:
         return reference_head(h_s, h_c, head_s, head_c, dfm, y, alpha, c, gamma, twin_focus=twin_focus)
     name, params = fused
+    # Under bf16 autocast the encoders hand over bf16 h: the head reads it in the weights' precision
+    # (one cast of [B, H], small beside the encoders; the C++ kernel takes one dtype for all inputs).
+    h_s, h_c = h_s.to(head_s.weight.dtype), h_c.to(head_c.weight.dtype)
     loss, z, z_s, z_c = twin_head(h_s, h_c, head_s.weight, head_s.bias, head_c.weight, head_c.bias,
                                   name, params, y, alpha, c, gamma, twin_focus)
     return {"logit": z, "z_s": z_s, "z_c": z_c, "loss": loss}

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import InputError
-from .layers import xavier_linear
+from ..layers.init import xavier_linear
 
 
 class WSF(nn.Module):

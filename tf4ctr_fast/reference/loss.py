@@ -5,9 +5,23 @@ These functions are the parity targets of the fused head kernels; keep names and
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+
+def _full_precision(*tensors: Tensor) -> tuple[Tensor, ...]:
+    """bf16/fp16 logits (a forward under train.precision bf16) as float32: the loss is always taken in
+    float32 (autocast refuses probability-space BCE on CUDA, and bf16's 8 bits would round away the
+    loss differences the training compares); float32/float64 inputs stay as they are."""
+    return tuple(t.float() if t.dtype in (torch.bfloat16, torch.float16) else t for t in tensors)
+
+
+def _no_autocast(t: Tensor):
+    return torch.autocast(t.device.type, enabled=False) if torch.is_autocast_enabled(t.device.type) \
+        else contextlib.nullcontext()
 
 
 def bce_prob(p: Tensor, y: Tensor) -> Tensor:
@@ -32,14 +46,18 @@ def twin_focus_loss(p_s: Tensor, p_c: Tensor, y: Tensor, alpha: float, c: float,
 
 def logloss(logit: Tensor, y: Tensor) -> Tensor:
     """Mean BCE of sigmoid(logit): the CTR loss every model trains on."""
-    return bce_prob(torch.sigmoid(logit), y).mean()
+    with _no_autocast(logit):
+        logit, y = _full_precision(logit, y)
+        return bce_prob(torch.sigmoid(logit), y).mean()
 
 
 def total_loss(logit: Tensor, z_s: Tensor, z_c: Tensor, y: Tensor, alpha: float, c: float, gamma: float,
                twin_focus: bool = True) -> Tensor:
     """CTR loss on the fused logit, plus the Twin Focus loss on the auxiliary logits when enabled.
     No regularizer: the trainer adds model.regularization()."""
-    loss = logloss(logit, y)
-    if twin_focus:
-        loss = loss + twin_focus_loss(torch.sigmoid(z_s), torch.sigmoid(z_c), y, alpha, c, gamma)
-    return loss
+    with _no_autocast(logit):
+        logit, z_s, z_c, y = _full_precision(logit, z_s, z_c, y)
+        loss = logloss(logit, y)
+        if twin_focus:
+            loss = loss + twin_focus_loss(torch.sigmoid(z_s), torch.sigmoid(z_c), y, alpha, c, gamma)
+        return loss

@@ -19,11 +19,11 @@ from ..config import RunConfig
 from ..errors import InputError, torch_load_reason
 from ..features import BagField, bag_fields_of
 from ..io_utils import atomic_file
+from ..models import build_model
 from .runlog import to_jsonable
 
 FORMAT_VERSION = 1
 _REQUIRED_KEYS = ("format_version", "model_state", "config", "schema", "epoch", "metrics")
-BACKENDS = ("reference", "torchrec")
 
 
 def _build_model(cfg: RunConfig, field_names: Sequence[str], vocab_sizes: Sequence[int],
@@ -35,21 +35,12 @@ def _build_model(cfg: RunConfig, field_names: Sequence[str], vocab_sizes: Sequen
 
     fused=False gives the torchrec backend plain (unfused) tables: what distributed.shard_model shards
     and fuses, and what inference uses (it needs no optimizer, so a checkpoint of any sparse optimizer
-    loads on any device). The reference backend ignores it.
+    loads on any device). The reference backend ignores it. The model itself: models.build_model.
     """
-    backend = cfg.model.backend
-    if backend == "torchrec":
-        # Imported only here: the reference path never loads torchrec/fbgemm.
-        from ..models import build_engine_model
-        tc = cfg.train
-        return build_engine_model(cfg.model, list(vocab_sizes), backend="torchrec", field_names=list(field_names),
-                                  sparse_optimizer=tc.sparse_optimizer, sparse_lr=tc.sparse_lr,
-                                  sparse_eps=tc.sparse_eps, bag_fields=bag_fields, device=device,
-                                  sharded=not fused)
-    if backend != "reference":
-        raise InputError(f"config key 'model.backend': {backend!r} is not one of {', '.join(BACKENDS)}")
-    from ..reference.models import build_model
-    return build_model(cfg.model, list(vocab_sizes), bag_fields).to(device)
+    tc = cfg.train
+    return build_model(cfg.model, list(vocab_sizes), bag_fields, field_names=list(field_names),
+                       sparse_optimizer=tc.sparse_optimizer, sparse_lr=tc.sparse_lr, sparse_eps=tc.sparse_eps,
+                       device=device, fused=fused)
 
 
 def sparse_optimizer_of(model: nn.Module) -> Optional[Any]:
@@ -69,9 +60,10 @@ def _to_cpu(value: Any) -> Any:
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, cfg: RunConfig, schema: dict,
-                    epoch: int, metrics: dict) -> None:
-    """Write the checkpoint atomically: a crash mid-write leaves no file at `path`."""
-    payload = {
+                    epoch: int, metrics: dict, extra: Optional[dict[str, Any]] = None) -> None:
+    """Write the checkpoint atomically: a crash mid-write leaves no file at `path`. `extra`: more
+    entries (tensors and plain values), e.g. the training state of a resumable checkpoint."""
+    payload = {**_to_cpu(extra or {}),
         "format_version": FORMAT_VERSION,
         "model_state": _to_cpu(model.state_dict()),
         "config": cfg.to_dict(),

@@ -19,6 +19,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from ..errors import InputError
+
 
 def to_jsonable(value: Any) -> Any:
     """numpy scalars/arrays -> Python, paths -> str, nan/inf -> None, recursively.
@@ -75,17 +77,29 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 
 class RunLog:
-    """Append-only JSON-lines writer; use as a context manager so the file is closed on errors."""
+    """Append-only JSON-lines writer; use as a context manager so the file is closed on errors.
 
-    def __init__(self, path: str | os.PathLike):
+    keep=None starts a new log (an existing file is replaced). keep=n continues an existing log after
+    its first n records, dropping the rest: a resumed run keeps what its checkpoint accounts for and
+    writes the records after it again, so none is lost or doubled. `records`: how many it now holds.
+    """
+
+    def __init__(self, path: str | os.PathLike, keep: Optional[int] = None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "w", encoding="utf-8")
+        if keep is None:
+            self._file = open(self.path, "w", encoding="utf-8")
+            self.records = 0
+            return
+        _truncate_to_records(self.path, keep)
+        self._file = open(self.path, "a", encoding="utf-8")
+        self.records = keep
 
     def write(self, event: str, **fields: Any) -> None:
         record = to_jsonable({"event": event, **fields})
         self._file.write(json.dumps(record, allow_nan=False) + "\n")
         self._file.flush()
+        self.records += 1
 
     def close(self) -> None:
         self._file.close()
@@ -95,6 +109,18 @@ class RunLog:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _truncate_to_records(path: Path, keep: int) -> None:
+    """Cut the log after its first `keep` lines (a line cut short by a kill counts as none)."""
+    data = path.read_bytes() if path.is_file() else b""
+    end = 0
+    for _ in range(keep):
+        newline = data.find(b"\n", end)
+        if newline < 0:
+            raise InputError(f"{path}: holds fewer than the {keep} records its checkpoint accounts for")
+        end = newline + 1
+    os.truncate(path, end)
 
 
 def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:

@@ -24,8 +24,10 @@ Batches come from data.streaming.choose_loader (train.loader): the whole split o
 fits, else streamed; x is ids [B, F], or features.Features(ids, bags) when the dataset has
 multi-valued fields.
 
-Output folder (cfg.resolved_out_dir()): log.jsonl, best.pt, learning_curves.png, difficulty.png,
-results.json (written last: its presence marks a finished run).
+Output folder (cfg.resolved_out_dir(), locked for the run: runfolder.py): log.jsonl, best.pt, last.pt
+(resumable: weights, optimizers, plateau, position in the epoch, random number generators; written
+every train.checkpoint_every_steps and at epoch ends, one-process runs only), learning_curves.png,
+difficulty.png, results.json (written last: its presence marks a finished run). docs/runs.md.
 """
 from __future__ import annotations
 
@@ -35,9 +37,11 @@ import json
 import logging
 import math
 import random
+import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
@@ -51,18 +55,24 @@ from ..data.streaming import LOADERS, choose_loader
 from ..errors import InputError
 from ..features import ModelInput, bag_fields_of, rows_of
 from ..io_utils import atomic_file
+from ..signals import Deferral, Interrupted, deferred
 from . import plots
-from .checkpoint import _build_model, restore_weights, save_checkpoint, sparse_optimizer_of
+from .checkpoint import (_build_model, read_checkpoint, restore_weights, save_checkpoint,
+                         sparse_optimizer_of)
 from .metrics import auc, difficulty_counts, gauc, logloss
+from .precision import autocast, resolve_precision
+from .runfolder import BEST_NAME, LAST_NAME, LOG_NAME, RESULTS_NAME, open_run
 from .runlog import RunLog, environment, to_jsonable
 
 logger = logging.getLogger(__name__)
 
 MONITORS = ("auc", "auc+gauc", "logloss")
 MIN_DELTA = 1e-6                # FuxiCTR's min_delta for checkpoint_and_earlystop
-CHECKPOINT_NAME = "best.pt"
-RESULTS_NAME = "results.json"      # written last: its presence marks a finished run
 PROGRESS_EVERY = 20             # steps between loss read-outs (each one syncs the device)
+# train.checkpoint_every_steps null: last.pt at most every CHECKPOINT_MIN_INTERVAL_S of work, and
+# its writes at most CHECKPOINT_COST_SHARE of the time (docs/runs.md)
+CHECKPOINT_MIN_INTERVAL_S = 60.0
+CHECKPOINT_COST_SHARE = 0.02
 
 
 @dataclass
@@ -181,6 +191,7 @@ def _check_config(cfg: RunConfig, data: Any, device: torch.device) -> None:
         raise InputError("config key 'train.monitor': 'auc+gauc' needs a dataset with a group field "
                          "(dataset.group_field)")
     check_ranges(tc, "train")  # load_config checked them too; train() may get a config built in code
+    resolve_precision(tc.precision, device)       # an unknown name stops the run before any work
     if tc.loader not in LOADERS:
         raise InputError(f"config key 'train.loader': {tc.loader!r} is not one of {', '.join(LOADERS)}")
     if cfg.model.backend == "torchrec":
@@ -203,7 +214,7 @@ def _check_torchrec_config(cfg: RunConfig, device: torch.device) -> None:
     """The sparse-optimizer and multi-process keys, checked before any process starts."""
     # Imported here: reference runs never load torchrec/fbgemm.
     from ..distributed import SHARDINGS
-    from ..embedding.ser_tables import OPTIMIZERS
+    from ..embedding import OPTIMIZERS
 
     tc = cfg.train
     if tc.sparse_optimizer not in OPTIMIZERS:
@@ -315,78 +326,241 @@ class _Sharded:
             self.main_model.load_state_dict(state)
 
 
+@dataclass
+class _RunState:
+    """Where a run stands between two training steps: what last.pt holds beside the weights, the
+    optimizers and the random number generators, so that a resumed run goes on exactly as if it had
+    never stopped. The epoch fields (step .. loader_state) describe the epoch in progress."""
+
+    plateau: Plateau
+    epoch: int = 1                      # the epoch in progress (1-based)
+    step: int = 0                       # its batches consumed so far
+    steps_trained: int = 0              # ... and trained on (see _train_epoch)
+    samples: int = 0
+    seconds: float = 0.0                # its training time so far
+    loss_sum: Optional[torch.Tensor] = None     # float64, on the device: the sum of its step losses
+    loader_state: dict[str, Any] = field(default_factory=dict)  # the train loader's, at its start
+    best_epoch: Optional[int] = None
+    first_train_loss: Optional[float] = None   # epoch 1's, the divergence test's yardstick
+    records: list[dict[str, Any]] = field(default_factory=list)  # main process: one per finished epoch
+    train_samples: int = 0              # over the finished epochs
+    train_seconds: float = 0.0
+    wall_s: float = 0.0                 # the run's wall time at the last checkpoint
+
+    def start_epoch(self, loader: Any) -> None:
+        self.step = self.steps_trained = self.samples = 0
+        self.seconds = 0.0
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=loader.device)
+        self.loader_state = loader.state_dict()     # before the epoch draws its order
+
+    def end_epoch(self, stats: dict[str, Any], record: Optional[dict[str, Any]], loader: Any) -> None:
+        if self.first_train_loss is None:
+            self.first_train_loss = stats["train_loss"]
+        if record is not None:
+            self.records.append(record)
+        self.train_samples += self.samples
+        self.train_seconds += self.seconds
+        self.epoch += 1
+        self.start_epoch(loader)
+
+    def to_payload(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any], device: torch.device) -> "_RunState":
+        fields = dict(payload)
+        fields["plateau"] = Plateau(**fields["plateau"])
+        fields["loss_sum"] = fields["loss_sum"].to(device)
+        return cls(**fields)
+
+
+def _rng_state() -> dict[str, Any]:
+    """Every random number generator training may draw from, as tensors and lists (checkpoints load
+    with weights_only=True)."""
+    version, mt, gauss = random.getstate()
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"python": [version, list(mt), gauss],
+            "numpy": [keys.tolist(), int(pos), int(has_gauss), float(cached)],
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt), gauss))
+    keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state(("MT19937", np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class _LastCheckpoint:
+    """Writes last.pt, the resumable checkpoint: at every epoch end and within an epoch when `due`
+    (train.checkpoint_every_steps; 0: neither), and when a signal asks for a stop. One-process runs
+    only."""
+
+    def __init__(self, path: Path, replica: _Local, optimizer: torch.optim.Optimizer, loader: Any,
+                 cfg: RunConfig, schema: dict, log: RunLog, run_start: float):
+        self.path, self.replica, self.optimizer, self.loader = path, replica, optimizer, loader
+        self.cfg, self.schema, self.log, self.run_start = cfg, schema, log, run_start
+        self.every = cfg.train.checkpoint_every_steps
+        self.last_time = time.perf_counter()
+        self.write_s = 0.0
+        self.saved_at: Optional[str] = None    # where the run stood at the last.pt now on disk
+
+    @property
+    def periodic(self) -> bool:
+        return self.every != 0
+
+    def due(self, step: int) -> bool:
+        if self.every is not None:
+            return self.every > 0 and step % self.every == 0
+        waited = time.perf_counter() - self.last_time
+        return waited >= max(CHECKPOINT_MIN_INTERVAL_S, self.write_s / CHECKPOINT_COST_SHARE)
+
+    def save(self, run: _RunState) -> None:
+        start = time.perf_counter()
+        run.wall_s = start - self.run_start
+        sparse = self.replica.sparse_optimizer
+        state = {"run": run.to_payload(), "optimizer_state": self.optimizer.state_dict(),
+                 "sparse_lr": [g["lr"] for g in sparse.param_groups] if sparse is not None else None,
+                 "rng": _rng_state(), "loader_kind": self.loader.kind, "log_records": self.log.records}
+        save_checkpoint(self.path, self.replica.main_model, self.cfg, self.schema, run.epoch,
+                        run.records[-1]["valid"] if run.records else {}, extra=state)
+        self.last_time = time.perf_counter()
+        self.write_s = self.last_time - start
+        self.saved_at = _position(run)
+
+
+def _position(run: _RunState) -> str:
+    return f"epoch {run.epoch} after step {run.step}"
+
+
+def _check_divergence(run: _RunState, loss_sum: float, norm_sum: float, cfg: RunConfig, lr: float,
+                      last: Optional[_LastCheckpoint]) -> None:
+    """Stop a run whose loss or gradient norm went non-finite, or whose mean loss in this epoch so far
+    exceeds train.divergence_factor times epoch 1's, keeping the checkpoints it has."""
+    factor, first = cfg.train.divergence_factor, run.first_train_loss
+    mean = loss_sum / max(run.steps_trained, 1)
+    if not (math.isfinite(loss_sum) and math.isfinite(norm_sum)):
+        problem = "the loss or the gradient norm is not finite"
+    elif factor > 0 and first is not None and mean > factor * first:
+        problem = (f"its mean train loss {mean:.4g} is over train.divergence_factor {factor:g} times "
+                   f"epoch 1's {first:.4g}")
+    else:
+        return
+    kept = (f"the last good checkpoint {last.path} ({last.saved_at}) is kept"
+            if last is not None and last.saved_at else "no resumable checkpoint was written")
+    raise InputError(f"training diverged in epoch {run.epoch} by step {run.step}: {problem} "
+                     f"(train.lr {lr:g}); {kept}; lower train.lr and start over with --overwrite")
+
+
 def _train_epoch(replica: _Local | _Sharded, optimizer: torch.optim.Optimizer, loader: Any,
-                 cfg: RunConfig, epoch: int) -> dict[str, Any]:
-    """One pass over the training batches (capped by max_steps_per_epoch); loss stays on the device.
+                 cfg: RunConfig, run: _RunState, last: Optional[_LastCheckpoint],
+                 precision: str = "fp32") -> dict[str, Any]:
+    """Epoch run.epoch from its batch run.step to its end (capped by max_steps_per_epoch), adding into
+    `run`. The loss stays on the device but for a read-out every PROGRESS_EVERY steps (one process;
+    it also checks for divergence) and at the end. `last` (one process only) writes last.pt when due,
+    and when SIGINT/SIGTERM arrive: after the step in progress, then Interrupted is raised.
     train_loss is the mean over steps (and ranks) of the step loss; samples count whole batches."""
     tc = cfg.train
     steps_total = len(loader) if tc.max_steps_per_epoch is None else min(len(loader), tc.max_steps_per_epoch)
-    bar = tqdm(itertools.islice(loader, steps_total), total=steps_total, desc=f"epoch {epoch}",
-               disable=not (replica.is_main and tc.progress and sys.stderr.isatty()), leave=False,
-               dynamic_ncols=True)
+    # islice skips the batches a resumed epoch already trained on (the loader state restored at the
+    # epoch's start makes them the same batches)
+    bar = tqdm(itertools.islice(loader, run.step, steps_total), total=steps_total, initial=run.step,
+               desc=f"epoch {run.epoch}", leave=False, dynamic_ncols=True,
+               disable=not (replica.is_main and tc.progress and sys.stderr.isatty()))
     replica.train_mode()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=loader.device)
-    steps = samples = 0
+    norm_sum = torch.zeros((), dtype=torch.float64, device=loader.device)  # non-finite once any is
+
+    def sums() -> list[float]:      # one device sync
+        return torch.stack([run.loss_sum, norm_sum]).tolist()
+
     _sync(loader.device)
-    start = time.perf_counter()
-    for x, y in bar:
-        if y.shape[0] < replica.world:
-            # Only a last partial batch can be this small: a rank would get no rows, yet every rank
-            # must join each step's collectives.
-            continue
-        optimizer.zero_grad()
-        loss = replica.loss(x, y)
-        loss.backward()                 # fused tables take their sparse optimizer step in here
-        nn.utils.clip_grad_norm_(replica.dense_params, tc.clip_norm)
-        optimizer.step()
-        loss_sum += loss.detach()
-        steps += 1
-        samples += y.shape[0]
-        if not bar.disable and steps % PROGRESS_EVERY == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+    clock = time.perf_counter() - run.seconds
+    with deferred() if last is not None else contextlib.nullcontext(Deferral()) as stop:
+        for x, y in bar:
+            run.step += 1
+            if y.shape[0] < replica.world:
+                # Only a last partial batch can be this small: a rank would get no rows, yet every rank
+                # must join each step's collectives.
+                continue
+            optimizer.zero_grad()
+            with autocast(precision, loader.device):
+                loss = replica.loss(x, y)
+            loss.backward()                 # fused tables take their sparse optimizer step in here
+            norm_sum += nn.utils.clip_grad_norm_(replica.dense_params, tc.clip_norm)
+            optimizer.step()
+            run.loss_sum += loss.detach()
+            run.steps_trained += 1
+            run.samples += y.shape[0]
+            if replica.world == 1 and run.steps_trained % PROGRESS_EVERY == 0:
+                loss_sum, norms = sums()
+                _check_divergence(run, loss_sum, norms, cfg, _lr(optimizer), last)
+                bar.set_postfix(loss=f"{loss_sum / run.steps_trained:.4f}")
+            if last is not None and (stop.pending or (run.step < steps_total and last.due(run.step))):
+                run.seconds = time.perf_counter() - clock
+                _check_divergence(run, *sums(), cfg, _lr(optimizer), last)   # keep the last good one
+                last.save(run)
+                if stop.pending:
+                    raise Interrupted(stop.pending, str(last.path), last.saved_at)
     _sync(loader.device)
-    seconds = time.perf_counter() - start
+    run.seconds = time.perf_counter() - clock
     bar.close()
-    train_loss = replica.mean_over_ranks(loss_sum).item() / max(steps, 1)
-    if not math.isfinite(train_loss):
-        raise FloatingPointError(f"training diverged: mean train loss is {train_loss} in epoch {epoch} "
-                                 f"(lr {optimizer.param_groups[0]['lr']:g})")
-    return {"train_loss": train_loss, "steps": steps, "train_samples": samples,
-            "train_time_s": seconds, "train_samples_per_s": samples / seconds if seconds > 0 else None}
+    loss_sum = replica.mean_over_ranks(run.loss_sum).item()
+    _check_divergence(run, loss_sum, norm_sum.item(), cfg, _lr(optimizer), last)
+    return {"train_loss": loss_sum / max(run.steps_trained, 1), "steps": run.steps_trained,
+            "train_samples": run.samples, "train_time_s": run.seconds,
+            "train_samples_per_s": run.samples / run.seconds if run.seconds > 0 else None}
 
 
 def _lr(optimizer: Any) -> Optional[float]:
     return optimizer.param_groups[0]["lr"] if optimizer is not None else None
 
 
+def _set_sparse_lrs(sparse: Any, lrs: list[float]) -> None:
+    for group, lr in zip(sparse.param_groups, lrs):
+        group["lr"] = lr
+    # The fused kernels read their lr from param_groups on step(); no update happens here (that ran
+    # in backward).
+    sparse.step()
+
+
 def _decay_lr(optimizer: torch.optim.Optimizer, sparse: Any, factor: float, floor: float) -> None:
     """lr *= factor (floor `floor`) for Adam and, when there are fused tables, their optimizer."""
-    for opt in (optimizer, sparse):
-        for group in (opt.param_groups if opt is not None else ()):
-            group["lr"] = max(group["lr"] * factor, floor)
+    for group in optimizer.param_groups:
+        group["lr"] = max(group["lr"] * factor, floor)
     if sparse is not None:
-        # The fused kernels read their lr from param_groups on step(); no update happens here (that
-        # ran in backward).
-        sparse.step()
+        _set_sparse_lrs(sparse, [max(group["lr"] * factor, floor) for group in sparse.param_groups])
 
 
-def train(cfg: RunConfig, data: Any, model: Optional[nn.Module] = None) -> dict[str, Any]:
+def train(cfg: RunConfig, data: Any, model: Optional[nn.Module] = None, *, overwrite: bool = False,
+          resume: bool = False) -> dict[str, Any]:
     """Train on data.split("train"), select on valid, report best-checkpoint valid/test metrics.
-    With train.nproc > 1 the run happens in that many local processes (`model` must then be None)."""
+    With train.nproc > 1 the run happens in that many local processes (`model` must then be None).
+
+    The run folder (train.out_dir) is locked for the run; a run already there is replaced only with
+    `overwrite`, or continued from its last.pt with `resume` (cfg: that run's own,
+    runfolder.resume_config). See runfolder.py."""
     tc = cfg.train
     device = resolve_device(tc.device)
     _check_config(cfg, data, device)
-    if tc.nproc > 1:
-        if model is not None:
-            raise ValueError("train(model=...) runs in one process; leave train.nproc at 1")
-        return _train_multiprocess(cfg, data)
-    seed_everything(tc.seed)
-    if tc.num_threads > 0:
-        torch.set_num_threads(tc.num_threads)
-    if model is None:
-        model = _build_model(cfg, data.field_names, data.vocab_sizes, device, bag_fields=bag_fields_of(data.schema))
-    model.to(device)
-    return _fit(cfg, data, _Local(model), device)
+    if resume and tc.nproc > 1:
+        raise InputError("--resume: a run with train.nproc > 1 cannot be resumed (it writes no last.pt)")
+    with open_run(cfg.resolved_out_dir(), overwrite=overwrite, resume=resume):
+        if tc.nproc > 1:
+            if model is not None:
+                raise ValueError("train(model=...) runs in one process; leave train.nproc at 1")
+            return _train_multiprocess(cfg, data)
+        seed_everything(tc.seed)
+        if tc.num_threads > 0:
+            torch.set_num_threads(tc.num_threads)
+        if model is None:
+            model = _build_model(cfg, data.field_names, data.vocab_sizes, device,
+                                 bag_fields=bag_fields_of(data.schema))
+        model.to(device)
+        return _fit(cfg, data, _Local(model), device, resume)
 
 
 def _train_multiprocess(cfg: RunConfig, data: Any) -> dict[str, Any]:
@@ -431,109 +605,156 @@ def train_distributed_rank(cfg: RunConfig, data: Any, log_level: int = logging.I
     _fit(cfg, data, _Sharded(dmp, copy, rank, world, device), device)
 
 
-def _fit(cfg: RunConfig, data: Any, replica: _Local | _Sharded, device: torch.device) -> Optional[dict[str, Any]]:
+def _resume(path: Path, payload: dict[str, Any], replica: _Local, optimizer: torch.optim.Optimizer,
+            loader: Any, cfg: RunConfig, schema: dict) -> _RunState:
+    """Load last.pt's training state (its weights are loaded already) into the fresh optimizers and
+    loader, and make best.pt agree with it; the random number generators are set last, by the caller."""
+    if "run" not in payload:
+        raise InputError(f"{path}: not a resumable checkpoint (no training state)")
+    optimizer.load_state_dict(payload["optimizer_state"])
+    if replica.sparse_optimizer is not None:
+        _set_sparse_lrs(replica.sparse_optimizer, payload["sparse_lr"])
+    run = _RunState.from_payload(payload["run"], loader.device)
+    loader.load_state_dict(run.loader_state)
+    # best.pt must hold run.best_epoch's weights. It does not only when the run was killed between
+    # writing last.pt at the end of its best epoch and writing best.pt (in that order): last.pt then
+    # holds those very weights.
+    best = path.parent / BEST_NAME
+    if run.best_epoch is not None and not (best.is_file() and read_checkpoint(best)["epoch"] == run.best_epoch):
+        if (run.epoch, run.step) != (run.best_epoch + 1, 0):
+            raise InputError(f"{best}: does not hold epoch {run.best_epoch}, the best one by {path}; "
+                             "start the run over with --overwrite")
+        save_checkpoint(best, replica.main_model, cfg, schema, run.best_epoch, run.records[-1]["valid"])
+    return run
+
+
+def _naming_checkpoint(e: KeyboardInterrupt, last: Optional[_LastCheckpoint]) -> KeyboardInterrupt:
+    """The interrupt, naming the last.pt a resume would start from (the CLI says how)."""
+    if isinstance(e, Interrupted) and e.checkpoint or last is None or last.saved_at is None:
+        return e
+    return Interrupted(getattr(e, "signum", signal.SIGINT), str(last.path), last.saved_at)
+
+
+def _fit(cfg: RunConfig, data: Any, replica: _Local | _Sharded, device: torch.device,
+         resume: bool = False) -> Optional[dict[str, Any]]:
     """The FuxiCTR loop over a _Local or _Sharded replica. Every rank runs it in step and takes the
     same decisions (rank 0's monitor value is broadcast); only the main process evaluates, logs,
-    checkpoints and returns the result (None elsewhere)."""
-    run_start = time.perf_counter()
+    checkpoints and returns the result (None elsewhere). `resume` (one process): continue from the
+    run folder's last.pt."""
     tc = cfg.train
     main = replica.is_main
     splits = {name: data.split(name) for name in ("train", "valid", "test") if data.has_split(name)}
-    train_loader = choose_loader(splits["train"], device, tc.batch_size, shuffle=True, seed=tc.seed, kind=tc.loader)
+    out_dir = cfg.resolved_out_dir()
+    best_path, last_path = out_dir / BEST_NAME, out_dir / LAST_NAME
+    payload = restore_weights(last_path, replica.main_model) if resume else None
+    train_loader = choose_loader(splits["train"], device, tc.batch_size, shuffle=True, seed=tc.seed,
+                                 kind=payload["loader_kind"] if resume else tc.loader)  # the same batches
     optimizer = torch.optim.Adam(replica.dense_params, lr=tc.lr)
     sparse = replica.sparse_optimizer
-    plateau = Plateau(patience=tc.patience)
+    if resume:
+        run = _resume(last_path, payload, replica, optimizer, train_loader, cfg, data.schema)
+    else:
+        run = _RunState(Plateau(patience=tc.patience))
+        run.start_epoch(train_loader)
+    run_start = time.perf_counter() - run.wall_s
+    # the training forward's arithmetic; evaluation always runs in float32 (the monitor decides the lr)
+    precision, precision_why = resolve_precision(tc.precision, device)
 
-    out_dir = cfg.resolved_out_dir()
-    ckpt_path = out_dir / CHECKPOINT_NAME
     if main:
         valid = splits["valid"]
         valid_y = np.asarray(valid.labels)
         valid_group = _group_of(valid, "valid") if data.group_field else None
         valid_loader = choose_loader(valid, device, tc.eval_batch_size, kind=tc.loader)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        # A previous run's artifacts would pass for this run's if it stops early.
-        for name in (RESULTS_NAME, CHECKPOINT_NAME, *plots.PLOT_NAMES):
-            (out_dir / name).unlink(missing_ok=True)
-    records: list[dict[str, Any]] = []
-    best_epoch = None
-    train_samples = 0
-    train_seconds = 0.0
+    log_file = RunLog(out_dir / LOG_NAME, keep=payload["log_records"] if resume else None) if main else None
 
-    with (RunLog(out_dir / "log.jsonl") if main else contextlib.nullcontext()) as log:
+    with log_file or contextlib.nullcontext() as log:
         if main:
             loaders = {"train": type(train_loader).__name__, "valid": type(valid_loader).__name__}
-            log.write("params", config=cfg.to_dict(), schema_summary=_schema_summary(data, splits),
-                      env=environment(device), loaders=loaders)
+            if resume:
+                log.write("resumed", epoch=run.epoch, step=run.step, env=environment(device))
+                logger.info("resuming %s at %s", out_dir, _position(run))
+            else:
+                log.write("params", config=cfg.to_dict(), schema_summary=_schema_summary(data, splits),
+                          env=environment(device), loaders=loaders, precision=precision)
+            logger.info("precision: %s (%s)", precision, precision_why)
             logger.info("loaders: %s", ", ".join(f"{k} {v}" for k, v in loaders.items()))
-        for epoch in range(1, tc.epochs + 1):
-            epoch_start = time.perf_counter()
-            lr, sparse_lr = _lr(optimizer), _lr(sparse)
-            stats = _train_epoch(replica, optimizer, train_loader, cfg, epoch)
-            train_samples += stats["train_samples"]
-            train_seconds += stats["train_time_s"]
+        last = (_LastCheckpoint(last_path, replica, optimizer, train_loader, cfg, data.schema, log, run_start)
+                if main and replica.world == 1 else None)
+        if resume:
+            last.saved_at = _position(run)
+            _set_rng_state(payload["rng"])          # last: nothing may draw from them before training
+        try:
+            while run.epoch <= tc.epochs and not run.plateau.should_stop:
+                epoch = run.epoch
+                epoch_start = time.perf_counter()
+                lr, sparse_lr = _lr(optimizer), _lr(sparse)
+                stats = _train_epoch(replica, optimizer, train_loader, cfg, run, last, precision)
 
-            replica.gather()
-            value = math.nan
-            if main:
-                eval_start = time.perf_counter()
-                p = _predict(replica.main_model, valid_loader)
-                metrics = _metrics(valid_y, p, valid_group)
-                difficulty = difficulty_counts(valid_y, p, tc.difficulty_thresholds)
-                eval_seconds = time.perf_counter() - eval_start
-                value = monitor_value(metrics, tc.monitor)
-            value = replica.from_main(value)        # every rank takes rank 0's decisions
-            if math.isnan(value):
-                raise InputError(f"config key 'train.monitor': {tc.monitor!r} is undefined on the valid "
-                                 "split (it needs both classes, within at least one group for gAUC)")
-            improved = plateau.update(value)
-            if improved:
-                best_epoch = epoch
+                replica.gather()
+                value = math.nan
                 if main:
-                    save_checkpoint(ckpt_path, replica.main_model, cfg, data.schema, epoch, metrics)
-            elif plateau.bad_epochs % tc.lr_decay_patience == 0:
-                _decay_lr(optimizer, sparse, tc.lr_decay, tc.min_lr)
+                    eval_start = time.perf_counter()
+                    p = _predict(replica.main_model, valid_loader)
+                    metrics = _metrics(valid_y, p, valid_group)
+                    difficulty = difficulty_counts(valid_y, p, tc.difficulty_thresholds)
+                    eval_seconds = time.perf_counter() - eval_start
+                    value = monitor_value(metrics, tc.monitor)
+                value = replica.from_main(value)        # every rank takes rank 0's decisions
+                if math.isnan(value):
+                    raise InputError(f"config key 'train.monitor': {tc.monitor!r} is undefined on the valid "
+                                     "split (it needs both classes, within at least one group for gAUC)")
+                improved = run.plateau.update(value)
+                if improved:
+                    run.best_epoch = epoch
+                elif run.plateau.bad_epochs % tc.lr_decay_patience == 0:
+                    _decay_lr(optimizer, sparse, tc.lr_decay, tc.min_lr)
 
-            if main:
-                record = {"epoch": epoch, "lr": lr, "sparse_lr": sparse_lr, **stats, "valid": metrics,
-                          "eval_time_s": eval_seconds, "monitor": value, "improved": improved,
-                          "best_monitor": plateau.best, "best_epoch": best_epoch,
-                          "bad_epochs": plateau.bad_epochs, "lr_next": _lr(optimizer),
-                          "sparse_lr_next": _lr(sparse), "difficulty": difficulty,
-                          "difficulty_thresholds": list(tc.difficulty_thresholds)}
-                record = to_jsonable(record)
-                record["epoch_time_s"] = time.perf_counter() - epoch_start
-                records.append(record)
-                log.write("epoch", **record)
-                logger.info("epoch %d: train loss %.6f, valid %s, monitor %.6f%s, %.0f samples/s, %.1fs",
-                            epoch, stats["train_loss"],
-                            " ".join(f"{k} {v:.6f}" for k, v in metrics.items() if k != "n"),
-                            value, " (best)" if improved else f" (lr -> {record['lr_next']:g})",
-                            stats["train_samples_per_s"] or 0.0, record["epoch_time_s"])
-            if plateau.should_stop:
+                record = None
                 if main:
+                    record = {"epoch": epoch, "lr": lr, "sparse_lr": sparse_lr, **stats, "valid": metrics,
+                              "eval_time_s": eval_seconds, "monitor": value, "improved": improved,
+                              "best_monitor": run.plateau.best, "best_epoch": run.best_epoch,
+                              "bad_epochs": run.plateau.bad_epochs, "lr_next": _lr(optimizer),
+                              "sparse_lr_next": _lr(sparse), "difficulty": difficulty,
+                              "difficulty_thresholds": list(tc.difficulty_thresholds)}
+                    record = to_jsonable(record)
+                    record["epoch_time_s"] = time.perf_counter() - epoch_start
+                    log.write("epoch", **record)
+                    logger.info("epoch %d: train loss %.6f, valid %s, monitor %.6f%s, %.0f samples/s, %.1fs",
+                                epoch, stats["train_loss"],
+                                " ".join(f"{k} {v:.6f}" for k, v in metrics.items() if k != "n"),
+                                value, " (best)" if improved else f" (lr -> {record['lr_next']:g})",
+                                stats["train_samples_per_s"] or 0.0, record["epoch_time_s"])
+                run.end_epoch(stats, record, train_loader)
+                # last.pt before best.pt: see _resume
+                if last is not None and last.periodic:
+                    last.save(run)
+                if improved and main:
+                    save_checkpoint(best_path, replica.main_model, cfg, data.schema, epoch, metrics)
+                if run.plateau.should_stop and main:
                     logger.info("early stop after epoch %d (no improvement for %d epochs)", epoch, tc.patience)
-                break
+        except KeyboardInterrupt as e:
+            raise _naming_checkpoint(e, last) from None
         if not main:
             return None
 
         # once, not per epoch: drawing costs ~0.5 s, and the log holds all it needs (plots.write_plots)
-        plots.write_plots(records, out_dir)
+        plots.write_plots(run.records, out_dir)
         model = replica.main_model
-        restore_weights(ckpt_path, model)
+        restore_weights(best_path, model)
         result = {
             "valid": _metrics(valid_y, _predict(model, valid_loader), valid_group),
             "test": (evaluate(model, splits["test"], tc.eval_batch_size, device,
                               with_group=bool(data.group_field), name="test", loader=tc.loader)
                      if "test" in splits else None),
-            "best_epoch": best_epoch,
-            "epochs": len(records),
+            "best_epoch": run.best_epoch,
+            "epochs": len(run.records),
             "monitor": tc.monitor,
-            "best_monitor": plateau.best,
+            "best_monitor": run.plateau.best,
             "wall_time_s": time.perf_counter() - run_start,
-            "train_samples_per_s": train_samples / train_seconds if train_seconds > 0 else None,
+            "train_samples_per_s": run.train_samples / run.train_seconds if run.train_seconds > 0 else None,
             "out_dir": str(out_dir),
-            "checkpoint": str(ckpt_path),
+            "checkpoint": str(best_path),
         }
         result = to_jsonable(result)
         log.write("result", **result)

@@ -1,0 +1,14 @@
+"""DualMLP: TF4CTR's network with shared embeddings, z = z_s + z_c and plain BCE (the paper's DualMLP
+baseline; FinalMLP adds feature selection and a bilinear fusion, models/finalmlp.py)."""
+from __future__ import annotations
+
+from .base import ModelParts
+from .registry import register
+from .tf4ctr import TwinEncoderParams, TwinModel
+
+
+@register("DualMLP", TwinEncoderParams)
+class DualMLP(TwinModel):
+    def __init__(self, params: TwinEncoderParams, parts: ModelParts):
+        # Without the Twin Focus loss alpha, c, gamma and vf_tau are never read.
+        super().__init__(parts, params, "share", "sum", vf_tau=1.0, alpha=0.0, c=0.0, gamma=0.0, twin_focus=False)

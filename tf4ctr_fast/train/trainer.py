@@ -205,7 +205,7 @@ def _check_config(cfg: RunConfig, data: Any, device: torch.device) -> None:
     if "auc" in tc.monitor:
         labels = np.asarray(data.split("valid").labels)
         if labels.min() == labels.max():   # the data's fault, not the monitor's: say so before training
-            raise InputError(f"{data.path}: the valid split has only one class (all {len(labels):,} labels "
+            raise InputError(f"{getattr(data, 'path', 'the dataset')}: the valid split has only one class (all {len(labels):,} labels "
                              f"are {labels[0]:g}), so its AUC (train.monitor {tc.monitor!r}) is undefined; "
                              "check the label column and the split")
 

@@ -496,3 +496,17 @@ def test_schema_summary_lists_multi_valued_fields():
         {"name": "tags", "vocab_size": 9, "max_len": 4, "pooling": "mean", "vocab": {"x": 2}}])
     summary = _schema_summary(data, {})
     assert summary["multi_valued_fields"] == [{"name": "tags", "vocab_size": 9, "max_len": 4, "pooling": "mean"}]
+
+
+def test_override_order_does_not_matter_and_a_cross_key_clash_blames_the_override(tmp_path):
+    from tf4ctr_fast.config import load_config
+    from tf4ctr_fast.errors import InputError
+
+    assert load_config(None, ["train.min_lr=0.01", "train.lr=0.1"]).train.min_lr == 0.01
+    config = tmp_path / "run.yaml"
+    config.write_text("train:\n  min_lr: 1.0e-6\n")
+    with pytest.raises(InputError, match=r"^command-line override 'train.lr=1e-7': config key 'train.min_lr'"):
+        load_config(config, ["train.lr=1e-7"])
+    config.write_text("train:\n  lr: 1.0e-7\n")
+    with pytest.raises(InputError, match=r"run.yaml: config key 'train.min_lr'"):
+        load_config(config, ["train.seed=3"])

@@ -305,8 +305,8 @@ def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...],
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Defaults <- YAML file <- `a.b=value` overrides (values parsed as YAML).
 
-    The file is checked on its own first, then each override in turn, so that a message blames the
-    file for the file's mistakes and the command line for a mistyped or out-of-range override.
+    A message about a key that an override set blames that override (the last one, if several set
+    it), any other the file: a typo on the command line is not reported as the YAML file's.
     """
     data: dict = {}
     if path is not None:
@@ -319,15 +319,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise InputError(f"{p}: not valid YAML: {e}") from None
         if not isinstance(data, dict):
             raise InputError(f"{p}: expected a mapping with dataset/model/train sections")
-    cfg = _checked(data, f"{path}: " if path is not None else "")
-    for item in overrides:
-        apply_overrides(data, [item])
-        cfg = _checked(data, f"command-line override '{item}': ")
-    return cfg
-
-
-def _checked(data: dict, where: str) -> RunConfig:
-    """The RunConfig of `data`, every key type- and range-checked; messages start with `where`."""
+    apply_overrides(data, overrides)
     try:
         cfg = _from_dict(RunConfig, data)
         check_ranges(cfg.dataset, "dataset")
@@ -338,8 +330,25 @@ def _checked(data: dict, where: str) -> RunConfig:
 
         cfg.model = resolved_model_config(cfg.model)
     except InputError as e:
-        raise InputError(f"{where}{e}") from None
+        raise InputError(f"{_blame(str(e), path, overrides)}{e}") from None
     return cfg
+
+
+def _blame(message: str, path: Any, overrides: list[str] | tuple[str, ...]) -> str:
+    """'command-line override ...: ' when the key the message names (or a section above or below it)
+    was set by an override, or else another key it mentions (train.min_lr above train.lr); else
+    '<file>: ' ('' without a file)."""
+    named = re.search(r"config key '([^'\[]+)", message)
+    given = [(item.split("=", 1)[0].strip(), item) for item in reversed(overrides)]
+    if named:
+        key = named.group(1)
+        for k, item in given:
+            if key == k or key.startswith(k + ".") or k.startswith(key + "."):
+                return f"command-line override '{item}': "
+    for k, item in given:
+        if re.search(rf"(?<![\w.]){re.escape(k)}(?![\w])", message):
+            return f"command-line override '{item}': "
+    return f"{path}: " if path is not None else ""
 
 
 # ---------------------------------------------------------------------------------------------

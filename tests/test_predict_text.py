@@ -235,7 +235,7 @@ def test_bad_row_names_file_and_line_and_leaves_nothing(criteo_files):
     tmp_path, ds = criteo_files
     before = sorted(p.name for p in tmp_path.iterdir())
     write_lines(tmp_path / "bad.tsv", [GOOD, GOOD, GOOD.replace("\t7\t", "\tseven\t")])
-    with pytest.raises(InputError, match=re.escape(f"{tmp_path / 'bad.tsv'}:3: column 'I7': 'seven' is not a number")):
+    with pytest.raises(InputError, match=re.escape(f"{tmp_path / 'bad.tsv'}:3: column 'I7': 'seven' is not an integer (rule log2)")):
         encoded(tmp_path / "bad.tsv", ds, tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "bad.tsv"])
     (tmp_path / "empty.tsv").write_text("\n")

@@ -211,7 +211,7 @@ GOOD = "0\t1\t2\t3\t4\t5\t6\t7\t8\t9\t10\t11\t12\t13\t" + "\t".join(["68fd1e64"]
 BAD_INPUTS = {
     "too many fields": (GOOD + "\n" + GOOD + "\t5\n", "expected 14 to 40 tab-separated fields, found 41", 2),
     "too few fields": ("\n".join([GOOD, GOOD, "1\t2\t3"]) + "\n", "found 3", 3),
-    "non-numeric integer": (GOOD + "\n" + GOOD.replace("\t7\t", "\tseven\t") + "\n", "'I7': 'seven' is not a number", 2),
+    "non-numeric integer": (GOOD + "\n" + GOOD.replace("\t7\t", "\tseven\t") + "\n", "'I7': 'seven' is not an integer (rule log2)", 2),
     "label not 0/1": ("\n" + GOOD.replace("0", "2", 1) + "\n", "'label': '2' is not a label", 2),
     "empty label": (GOOD + "\n" + GOOD[1:] + "\n", "'label': '' is not a label", 2),
     "bad hex": (GOOD + "\n" + GOOD.replace("68fd1e64", "68fd1e6x", 1) + "\n", "'C1': '68fd1e6x' is not a hex", 2),

@@ -174,7 +174,7 @@ def test_text_of_str_values_is_read_back_across_chunks_and_workers(tmp_path):
 
 
 @pytest.mark.parametrize("change, words", [
-    ({"columns": [{"name": "label", "kind": "target"}]}, "'columns[0]'"),
+    ({"columns": [{"name": "label", "kind": "target"}]}, "'columns[0].kind': unknown kind 'target'"),
     ({"columns": [{"name": "label", "kind": "label"}, {"name": "g", "kind": "multi_valued", "max_len": 3}]},
      "'columns[1].separator'"),
     ({"columns": [{"name": "label", "kind": "label"},

@@ -128,7 +128,8 @@ def _parser() -> argparse.ArgumentParser:
     p_pred.add_argument("--no-label", action="store_true",
                         help="the input rows have no label (a file without a header: Criteo's test.txt, "
                              "a headerless csv, libfm rows of features only); with a header it is detected")
-    p_pred.add_argument("--batch-size", type=int, default=65536)
+    p_pred.add_argument("--batch-size", type=int, default=65536, help="rows scored at once (default 65536)")
+    p_pred.add_argument("--quiet", action="store_true", help="no progress bars and no summary line")
     p_pred.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     return parser
 
@@ -138,7 +139,7 @@ def cmd_prepare(args) -> Path:
     from .data.prepare import prepare
 
     cfg = load_config(args.config, args.overrides)
-    return prepare(cfg.dataset)
+    return prepare(cfg.dataset, progress=cfg.train.progress)
 
 
 def cmd_train(args) -> dict:
@@ -157,12 +158,16 @@ def cmd_train(args) -> dict:
         cfg = resume_config(Path(args.resume), args.overrides)
     else:
         cfg = load_config(args.config, list(args.overrides) + [f"{key}={value}" for key, value in flags.items()])
-    check_run(cfg.resolved_out_dir(), overwrite=args.overwrite, resume=bool(args.resume))
+    out_dir = cfg.resolved_out_dir()
+    if os.path.lexists(out_dir) and not out_dir.is_dir():
+        raise InputError(f"config key 'train.out_dir': {out_dir} is a file, not a run folder; "
+                         "choose another train.out_dir")
+    check_run(out_dir, overwrite=args.overwrite, resume=bool(args.resume))
     data_dir = cfg.dataset.resolved_prepared_dir()
     if not is_prepared_from(cfg.dataset, data_dir):
         print(f"preparing {cfg.dataset.name} into {data_dir} (none there yet, or prepared with other "
               "dataset options)", flush=True)
-        prepare(cfg.dataset)
+        prepare(cfg.dataset, progress=cfg.train.progress)
     result = train(cfg, load_prepared(data_dir), overwrite=args.overwrite, resume=bool(args.resume))
     _print_result(result)
     return result
@@ -208,6 +213,8 @@ def cmd_predict(args) -> Path:
     from .train.checkpoint import load_checkpoint, resolve_checkpoint
     from .train.trainer import predict_proba, resolve_device
 
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size: must be >= 1, got {args.batch_size}")
     device = resolve_device(args.device, "--device")
     checkpoint = resolve_checkpoint(args.checkpoint)
     _check_output(Path(args.output), {"--input": Path(args.input), "--checkpoint": checkpoint})
@@ -215,7 +222,8 @@ def cmd_predict(args) -> Path:
     with _rows_to_score(args, schema) as (rows, keep_names):
         scores = predict_proba(model, rows, args.batch_size, device, loader=cfg.train.loader)
         _write_scores(Path(args.output), keep_names, rows.keep, scores)
-    print(f"wrote {len(scores)} scores to {args.output} (mean {float(np.mean(scores)):.4f})")
+    if not args.quiet:
+        print(f"wrote {len(scores)} scores to {args.output} (mean {float(np.mean(scores)):.4f})")
     return Path(args.output)
 
 
@@ -246,7 +254,8 @@ def _rows_to_score(args, schema: dict) -> Iterator[tuple[Any, list[str]]]:
     output = Path(args.output).resolve()
     with temp_dir_beside(output, ".input") as tmp:
         encoded = load_prepared(encode_for_predict_text(args.input, schema, Path(tmp) / "encoded",
-                                                        has_label=False if args.no_label else None))
+                                                        has_label=False if args.no_label else None,
+                                                        progress=not args.quiet))
         report = encoded.schema["report"]
         if report["skipped_rows"]:
             print(f"skipped {report['skipped_rows']:,} bad rows (on_bad_row: skip in the training schema); "

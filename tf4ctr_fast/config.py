@@ -6,6 +6,8 @@ it, and the full resolved config is what the run log records first.
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -28,6 +30,16 @@ def folder_name(value: str, key: str) -> str:
     return value
 
 
+def folder_path(value: str, key: str) -> Path:
+    """`value` as a path, checked to end in a folder name: '.', '..' or '/' would make a folder that
+    holds other things (the current folder, its parent) the one a command writes and replaces."""
+    path = Path(value)
+    if path.name in ("", ".."):
+        raise InputError(f"config key '{key}': {value!r} names an existing parent folder, not a folder of "
+                         f"its own; give a path ending in a new folder's name, e.g. {value.rstrip('/') or '.'}/mine")
+    return path
+
+
 @dataclass
 class SyntheticConfig:
     """Synthetic data with Criteo's schema (13 bucketized integer fields + 26 categorical)."""
@@ -41,6 +53,12 @@ class SyntheticConfig:
     zipf_a: float = 1.2            # id frequency ~ rank^-a
     hard_fraction: float = 0.3     # share of samples whose click depends on pairwise interactions
     split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+
+    def split_bounds(self) -> list[tuple[int, int]]:
+        """(first row, end row) of train, valid and test."""
+        cuts = [round(sum(self.split[:i + 1]) / sum(self.split) * self.rows) for i in range(len(self.split))]
+        cuts[-1] = self.rows
+        return list(zip([0, *cuts[:-1]], cuts))
 
 
 @dataclass
@@ -62,7 +80,7 @@ class DatasetConfig:
 
     def resolved_prepared_dir(self) -> Path:
         if self.prepared_dir:
-            return Path(self.prepared_dir)
+            return folder_path(self.prepared_dir, "dataset.prepared_dir")
         return Path("data_prepared") / folder_name(self.name, "dataset.name")
 
 
@@ -169,7 +187,7 @@ class RunConfig:
         """train.out_dir, or runs/<dataset>_<model>_<backend>_<head>_seed<seed>: every key that
         changes what a run learns has its part, so that runs differing in one never share a folder."""
         if self.train.out_dir:
-            return Path(self.train.out_dir)
+            return folder_path(self.train.out_dir, "train.out_dir")
         parts = {"dataset.name": self.dataset.name, "model.name": self.model.name,
                  "model.backend": self.model.backend, "model.head": self.model.head}
         name = "_".join(folder_name(value, key) for key, value in parts.items())
@@ -218,11 +236,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return int(value)
         raise InputError(f"config key '{key}': expected an integer, got {value!r}")
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
         if isinstance(value, str) and _EXPONENT_FLOAT.match(value):
-            return float(value)
-        raise InputError(f"config key '{key}': expected a number, got {value!r}")
+            value = float(value)
+        if not isinstance(value, float):
+            raise InputError(f"config key '{key}': expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise InputError(f"config key '{key}': expected a finite number, got {value!r}")
+        return value
     if tp is str:
         if isinstance(value, str):
             return value
@@ -261,19 +283,31 @@ def _set_path(data: dict, dotted: str, value: Any) -> None:
 def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...],
                     allowed: Optional[tuple[str, ...]] = None) -> None:
     """Set each `a.b=value` (the value parsed as YAML) in the config mapping `data`; `allowed`: the
-    only keys that may be set (None: any)."""
+    only keys that may be set (None: any). Messages name the override as given on the command line."""
     for item in overrides:
+        where = f"command-line override '{item}': "
         if "=" not in item:
-            raise InputError(f"override '{item}': expected key=value, e.g. train.lr=0.001")
+            raise InputError(f"{where}expected key=value, e.g. train.lr=0.001")
         key, raw = item.split("=", 1)
         key = key.strip()
         if allowed is not None and key not in allowed:
-            raise InputError(f"override '{item}': only {', '.join(allowed)} may be set here")
-        _set_path(data, key, yaml.safe_load(raw) if raw.strip() else None)
+            raise InputError(f"{where}only {', '.join(allowed)} may be set here")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw  # not YAML: the type check says what was expected
+        try:
+            _set_path(data, key, value)
+        except InputError as e:
+            raise InputError(f"{where}{e}") from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Defaults <- YAML file <- `a.b=value` overrides (values parsed as YAML)."""
+    """Defaults <- YAML file <- `a.b=value` overrides (values parsed as YAML).
+
+    A message about a key that an override set blames that override (the last one, if several set
+    it), any other the file: a typo on the command line is not reported as the YAML file's.
+    """
     data: dict = {}
     if path is not None:
         p = Path(path)
@@ -286,14 +320,149 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not isinstance(data, dict):
             raise InputError(f"{p}: expected a mapping with dataset/model/train sections")
     apply_overrides(data, overrides)
-    where = f"{path}: " if path is not None else ""
     try:
         cfg = _from_dict(RunConfig, data)
+        check_ranges(cfg.dataset, "dataset")
+        check_ranges(cfg.train, "train")
         # The model's own keys (model.params) are checked against its parameter dataclass now, so a
-        # bad one is named with the file before any data is read; the resolved config lists them all.
+        # bad one is named before any data is read; the resolved config lists them all.
         from .models import resolved_model_config
 
         cfg.model = resolved_model_config(cfg.model)
-        return cfg
     except InputError as e:
-        raise InputError(f"{where}{e}") from None
+        raise InputError(f"{_blame(str(e), path, overrides)}{e}") from None
+    return cfg
+
+
+def _blame(message: str, path: Any, overrides: list[str] | tuple[str, ...]) -> str:
+    """'command-line override ...: ' when the key the message names (or a section above or below it)
+    was set by an override, or else another key it mentions (train.min_lr above train.lr); else
+    '<file>: ' ('' without a file)."""
+    named = re.search(r"config key '([^'\[]+)", message)
+    given = [(item.split("=", 1)[0].strip(), item) for item in reversed(overrides)]
+    if named:
+        key = named.group(1)
+        for k, item in given:
+            if key == k or key.startswith(k + ".") or k.startswith(key + "."):
+                return f"command-line override '{item}': "
+    for k, item in given:
+        if re.search(rf"(?<![\w.]){re.escape(k)}(?![\w])", message):
+            return f"command-line override '{item}': "
+    return f"{path}: " if path is not None else ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Allowed values of every numeric key of the dataset and train sections: one table, checked by
+# check_ranges and printed into docs/config.md (tests/test_bad_inputs.py keeps the two equal).
+
+
+@dataclass(frozen=True)
+class Range:
+    low: Optional[float] = None
+    high: Optional[float] = None
+    low_open: bool = False           # low itself excluded
+    why: str = ""
+
+    def holds(self, value: float) -> bool:
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        return above and (self.high is None or value <= self.high)   # False for NaN
+
+    def __str__(self) -> str:
+        low = _number(self.low)
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {low}"
+        return f"{'(' if self.low_open else '['}{low}, {_number(self.high)}]"
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+_SEED = Range(0, 2**32 - 1, why="numpy's seed range")
+RANGES: dict[str, Range] = {
+    "dataset.min_count": Range(1, why="values seen fewer times map to OOV"),
+    "dataset.seed": _SEED,
+    "dataset.synthetic.rows": Range(1, why="and enough that every split gets rows"),
+    "dataset.synthetic.num_int_fields": Range(0, why="at least one field in all"),
+    "dataset.synthetic.num_cat_fields": Range(0, why="at least one field in all"),
+    "dataset.synthetic.int_vocab": Range(1),
+    "dataset.synthetic.cat_vocab": Range(1),
+    "dataset.synthetic.cat_vocab_sizes": Range(1, why="each entry"),
+    "dataset.synthetic.zipf_a": Range(0),
+    "dataset.synthetic.hard_fraction": Range(0, 1),
+    "dataset.synthetic.split": Range(0, 1, why="three fractions summing to 1 (within 1e-6)"),
+    "train.batch_size": Range(1),
+    "train.eval_batch_size": Range(1),
+    "train.epochs": Range(1),
+    "train.max_steps_per_epoch": Range(1, why="or null: whole epochs"),
+    "train.lr": Range(0, 1, low_open=True, why="Adam steps by about lr per weight: larger only diverges"),
+    "train.clip_norm": Range(0, low_open=True, why="the largest gradient norm kept"),
+    "train.lr_decay": Range(0, 1, low_open=True, why="the factor of each lr cut; 1: no decay"),
+    "train.min_lr": Range(0, why="and at most train.lr"),
+    "train.patience": Range(1, why="non-improving epochs before the run stops"),
+    "train.lr_decay_patience": Range(1),
+    "train.seed": _SEED,
+    "train.num_threads": Range(0, why="0: torch's default"),
+    "train.difficulty_thresholds": Range(0, 1, why="[t0, t1] with t0 <= t1"),
+    "train.sparse_lr": Range(0, 10, low_open=True),
+    "train.sparse_eps": Range(0, 1, low_open=True),
+    "train.nproc": Range(1),
+    "train.checkpoint_every_steps": Range(0, why="or null; 0: a last.pt only on a stop signal"),
+    "train.divergence_factor": Range(0, why="0: no divergence check; else above 1"),
+}
+
+
+def check_ranges(section: Any, prefix: str) -> None:
+    """InputError naming the key unless every numeric value of `section` (a DatasetConfig or
+    TrainConfig, nested sections included) lies in its RANGES entry; then the checks that tie two
+    keys together."""
+    for f in dataclasses.fields(section):
+        key, value = f"{prefix}.{f.name}", getattr(section, f.name)
+        if dataclasses.is_dataclass(value):
+            check_ranges(value, key)
+        elif key in RANGES and value is not None:
+            for i, v in enumerate(value) if isinstance(value, list) else [(None, value)]:
+                if not RANGES[key].holds(v):
+                    name = key if i is None else f"{key}[{i}]"
+                    why = f" ({RANGES[key].why})" if RANGES[key].why else ""
+                    raise InputError(f"config key '{name}': must be {RANGES[key]}{why}, got {v!r}")
+    if prefix == "train":
+        if section.min_lr > section.lr:
+            raise InputError(f"config key 'train.min_lr': {section.min_lr!r} is above train.lr "
+                             f"({section.lr!r}); the lr decays down to min_lr")
+        if 0 < section.divergence_factor <= 1:
+            raise InputError(f"config key 'train.divergence_factor': must be > 1, or 0 to disable, "
+                             f"got {section.divergence_factor!r}")
+        t = section.difficulty_thresholds
+        if len(t) != 2 or t[0] > t[1]:
+            raise InputError(f"config key 'train.difficulty_thresholds': expected [t0, t1] with t0 <= t1, "
+                             f"got {t}")
+    if prefix == "dataset.synthetic":
+        _check_synthetic_split(section)
+
+
+def _check_synthetic_split(cfg: SyntheticConfig) -> None:
+    key = "config key 'dataset.synthetic"
+    if cfg.num_int_fields + cfg.num_cat_fields < 1:
+        raise InputError(f"{key}.num_cat_fields': no fields at all (num_int_fields and num_cat_fields are both 0)")
+    if len(cfg.split) != 3 or abs(sum(cfg.split) - 1) > 1e-6:
+        raise InputError(f"{key}.split': expected 3 fractions (train, valid, test) summing to 1, got {cfg.split}")
+    if cfg.split[0] == 0:
+        raise InputError(f"{key}.split': the train split would be empty, got {cfg.split}")
+    # A split given a share but no rows would make a folder that looks complete and cannot be used.
+    for name, share, (lo, hi) in zip(("train", "valid", "test"), cfg.split, cfg.split_bounds()):
+        if share > 0 and hi == lo:
+            raise InputError(f"{key}.rows': {cfg.rows} rows leave the {name} split empty "
+                             f"(dataset.synthetic.split {cfg.split}); every split given a share needs rows")
+
+
+def ranges_table() -> str:
+    """RANGES as the markdown table of docs/config.md."""
+    defaults = dataclasses.asdict(RunConfig())
+    rows = ["| key | allowed | default | note |", "|---|---|---|---|"]
+    for key, r in RANGES.items():
+        node: Any = defaults
+        for part in key.split("."):
+            node = node[part]
+        rows.append(f"| `{key}` | {r} | `{json.dumps(node)}` | {r.why} |")
+    return "\n".join(rows) + "\n"

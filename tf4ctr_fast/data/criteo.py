@@ -17,7 +17,7 @@ from typing import Optional
 
 from ..config import DatasetConfig
 from ..errors import InputError
-from .engine import DEFAULT_CHUNK_BYTES, first_line, prepare_text
+from .engine import BOM, DEFAULT_CHUNK_BYTES, first_line, prepare_text
 from .options import Spec, engine_options, load_spec, reject_csv_ids_keys, split_plan
 from .schema_csv import Column, CsvFormat, CsvLayout
 
@@ -39,6 +39,9 @@ def detect_layout(path: Path) -> CsvLayout:
     line, number, _ = first_line(path, skip_blank=True)
     delimiter = "\t" if b"\t" in line else ","
     first = line.split(delimiter.encode(), 1)[0].strip()
+    if first.startswith(BOM) and first[len(BOM):].replace(b".", b"", 1).lstrip(b"-").isdigit():
+        raise InputError(f"{path}:{number}: the file starts with a UTF-8 byte order mark (BOM, bytes EF BB BF) "
+                         "before its first label; save the file without a BOM")
     try:
         float(first)
         header = False

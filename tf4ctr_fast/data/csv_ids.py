@@ -18,6 +18,7 @@ import numpy as np
 
 from ..config import DatasetConfig
 from ..errors import InputError
+from .engine import inflate
 from .columns import IntVocab, SplitArrays, categorical_field, write_prepared
 
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -99,20 +100,18 @@ def _parse_ids(f: _CsvFile, required: dict[str, str], optional: tuple[str, ...])
 def _gunzip(path: Path, raw: bytes) -> bytes:
     """Decompress every gzip member; on damage, name the line where the readable text stops."""
     chunks: list[bytes] = []
-    offset = 0
-    try:
-        while offset < len(raw):
-            member = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-            while not member.eof and offset < len(raw):
-                chunk = raw[offset:offset + _GZIP_CHUNK]
-                offset += len(chunk)
-                chunks.append(member.decompress(chunk))
-            if not member.eof:
-                raise zlib.error("compressed data ends before the end of the stream")
-            offset -= len(member.unused_data)  # the next member starts there
-    except zlib.error as e:
-        line = sum(c.count(b"\n") for c in chunks) + 1
-        raise InputError(f"{path}:{line}: unreadable gzip data ({e})") from None
+    offset, lines = 0, 0
+    while offset < len(raw):
+        member = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        while not member.eof and offset < len(raw):
+            chunk = raw[offset:offset + _GZIP_CHUNK]
+            offset += len(chunk)
+            chunks.append(inflate(member, chunk, path, lines))
+            lines += chunks[-1].count(b"\n")
+        if not member.eof:
+            raise InputError(f"{path}:{lines + 1}: unreadable gzip data after line {lines}: the compressed "
+                             "stream ends early (a truncated file)")
+        offset -= len(member.unused_data)  # the next member starts there
     return b"".join(chunks)
 
 

@@ -42,14 +42,15 @@ import numpy as np
 from ..errors import InputError
 from ..io_utils import atomic_dir
 from .columns import OOV_ID, PADDING_ID, IntVocab, check_replaceable, write_schema
-from .text import Chunk, count_lines
-from .vocab import KeyCounter, count_run, fit, key_text, to_json
+from .text import BAD_VALUE, Chunk, count_lines
+from .vocab import KeyCounter, count_of, count_run, fit, key_text, to_json
 
 SPLIT_NAMES = ("train", "valid", "test")
 DEFAULT_CHUNK_BYTES = 16 << 20   # arrays per chunk stay under glibc's 32 MB mmap threshold: memory is
 #                                  reused instead of freshly page-faulted for every chunk
 MAX_EXAMPLES = 10                # skipped rows quoted in the report
 _GZIP_MAGIC = b"\x1f\x8b"
+BOM = b"\xef\xbb\xbf"   # UTF-8 byte order mark
 
 
 # ---------------------------------------------------------------------------------------------
@@ -64,6 +65,7 @@ class FieldInfo:
     codec: str
     min_count: int
     schema: dict[str, Any] = field(default_factory=dict)
+    on_bad_value: str = "error"     # "oov": junk tokens of a codec int field encode as OOV, counted
 
 
 @dataclass
@@ -248,6 +250,9 @@ def _open_source(index: int, split: Optional[str], path: Path, has_header: bool)
     if has_header:
         header = _header_text(path, line)
         data_start = len(line) + 1
+    elif line.startswith(BOM):  # a header's BOM is dropped with the header; a data row's would spoil its first field
+        raise InputError(f"{path}:1: the file starts with a UTF-8 byte order mark (BOM, bytes EF BB BF), "
+                         "which this headerless format does not take; save the file without a BOM")
     source = _Source(index=index, split=split, path=path, gzip=gz, size=path.stat().st_size,
                      data_start=data_start, first_line=2 if has_header else 1)
     return source, header
@@ -265,10 +270,7 @@ def _gunzip(path: Path, block: int = 1 << 20) -> Iterator[tuple[int, int, bytes]
         in_member = False
         data = f.read(block)
         while data:
-            try:
-                text = member.decompress(data)
-            except zlib.error as e:
-                raise InputError(f"{path}:{lines + 1}: unreadable gzip data ({e})") from None
+            text = inflate(member, data, path, lines)
             in_member, consumed = True, len(data)
             if member.eof:  # another member may follow
                 rest = member.unused_data
@@ -280,7 +282,41 @@ def _gunzip(path: Path, block: int = 1 << 20) -> Iterator[tuple[int, int, bytes]
             lines += text.count(b"\n")
             yield consumed, lines, text
         if in_member:
-            raise InputError(f"{path}:{lines + 1}: unreadable gzip data (the compressed stream ends early)")
+            raise InputError(f"{path}:{lines + 1}: unreadable gzip data after line {lines}: the compressed "
+                             "stream ends early (a truncated file)")
+
+
+def inflate(member: Any, data: bytes, path: Path, lines: int) -> bytes:
+    """member.decompress(data); on damage, InputError naming the line where the readable text stops,
+    `lines` being the newlines before `data`."""
+    saved = member.copy()
+    try:
+        return member.decompress(data)
+    except zlib.error as e:
+        lines += _lines_before_damage(saved, data)
+        raise InputError(f"{path}:{lines + 1}: unreadable gzip data after line {lines}: the file is corrupt "
+                         f"({e})") from None
+
+
+def _lines_before_damage(member: Any, data: bytes) -> int:
+    """The newlines `member` inflates from `data` before it fails.
+
+    zlib drops the whole output of a failing call, and a bad checksum fails only at the member's end,
+    after all its text: so `data` is inflated again in pieces, a failing piece redone in smaller
+    ones, down to one byte (else a damaged 1 MB block would blame line 1 of a file that reads fine
+    for thousands of lines)."""
+    lines, at, step = 0, 0, 1 << 14
+    while at < len(data):
+        before = member.copy()
+        try:
+            lines += member.decompress(data[at:at + step]).count(b"\n")
+        except zlib.error:
+            if step == 1:
+                break
+            member, step = before, max(1, step // 16)
+            continue
+        at += step
+    return lines
 
 
 def _gzip_tasks(source: _Source, chunk_bytes: int) -> Iterator[_Task]:
@@ -632,6 +668,9 @@ def prepare_text(fmt: TextFormat, plan: SplitPlan, out_dir: str | Path, opts: En
         texts = _write_columns(tmp, job, rows, pos, sizes, mv_lengths, vocabs, mv_vocabs, recover_plan)
         schema = _schema(fmt, format_name, plan, opts, sources, digests, vocabs, mv_vocabs, texts,
                          bad_rows, examples)
+        oov = {f.name: count_of(c, BAD_VALUE) for f, c in zip(fmt.categorical, counters) if f.on_bad_value == "oov"}
+        if oov:  # junk values read as OOV, per field, in the train split
+            schema["report"]["bad_values_as_oov"] = oov
         write_schema(tmp, schema, dict(zip(job.split_names, sizes)))
     return Path(out_dir)
 

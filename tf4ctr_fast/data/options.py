@@ -75,6 +75,9 @@ def split_plan(cfg: DatasetConfig, spec: Spec, where: str, format_name: str) -> 
             or not all(isinstance(r, (int, float)) and r > 0 for r in ratios)):
         raise InputError(f"{where}: key 'split.ratios': expected 2 or 3 positive numbers "
                          f"(train, valid[, test]), got {ratios!r}")
+    if abs(sum(ratios) - 1) > 1e-6:  # not normalised: a typo would otherwise change every split's size
+        raise InputError(f"{where}: key 'split.ratios': {ratios!r} sum to {sum(ratios):g}; the fractions "
+                         "(train, valid[, test]) must sum to 1")
     column = split.get("column")
     if by == "time" and not isinstance(column, str):
         raise InputError(f"{where}: key 'split.column': split by time needs the time column's name")

@@ -6,6 +6,7 @@ header: true              # column names from the first line (default); false: `
 columns:                  # with a header, columns not listed are ignored (and named in the report)
   - {name: label, kind: label}                      # 0/1 (0.0/1.0 too)
   - {name: user, kind: categorical, codec: int, group: true}
+  - {name: count, kind: categorical, codec: int, on_bad_value: oov}   # junk -> OOV, counted (default: error)
   - {name: song, kind: categorical}                 # codec str (default): any text
   - {name: genres, kind: multi_valued, separator: "|", max_len: 5, pooling: mean}
   - {name: I1, kind: numeric_bucket, rule: log2}    # Criteo's floor(ln(v)^2) rule
@@ -33,14 +34,14 @@ from ..config import DatasetConfig
 from ..errors import InputError
 from .engine import DEFAULT_CHUNK_BYTES, Decoded, FieldInfo, prepare_text
 from .options import Spec, engine_options, load_spec, reject_csv_ids_keys, split_plan
-from .text import (MISSING, Chunk, hash_keys, hex_keys, log2_buckets, parse_ints, parse_numbers,
-                   split_lines, split_spans)
+from .text import (BAD_VALUE, MISSING, Chunk, hash_keys, hex_keys, log2_buckets, parse_ints, parse_numbers,
+                   split_lines, split_spans, utf8_spans)
 from .vocab import CODECS
 
 KINDS = ("categorical", "multi_valued", "numeric_bucket", "label", "group", "keep", "time")
 POOLINGS = ("sum", "mean")
 _COLUMN_KEYS = {
-    "categorical": {"codec", "group", "keep", "min_count"},
+    "categorical": {"codec", "group", "keep", "min_count", "on_bad_value"},
     "multi_valued": {"codec", "separator", "max_len", "pooling", "min_count"},
     "numeric_bucket": {"rule", "boundaries", "min_count"},
     "label": set(), "group": {"codec"}, "keep": set(), "time": set(),
@@ -61,6 +62,7 @@ class Column:
     group: bool = False
     keep: bool = False
     min_count: Optional[int] = None
+    on_bad_value: Optional[str] = None    # "oov": a codec int token that is no integer encodes as OOV
 
     @property
     def is_field(self) -> bool:
@@ -130,8 +132,10 @@ def parse_layout(spec: Spec, where: str) -> CsvLayout:
 
 
 def _column(c: Any, key: str, delimiter: str) -> Column:
-    if not isinstance(c, dict) or not isinstance(c.get("name"), str) or c.get("kind") not in KINDS:
+    if not isinstance(c, dict) or not isinstance(c.get("name"), str) or "kind" not in c:
         raise InputError(f"{key}': expected a mapping with a name and a kind ({' | '.join(KINDS)})")
+    if c["kind"] not in KINDS:
+        raise InputError(f"{key}.kind': unknown kind {c['kind']!r} (known: {' | '.join(KINDS)})")
     kind = c["kind"]
     unknown = sorted(set(c) - {"name", "kind"} - _COLUMN_KEYS[kind])
     if unknown:
@@ -148,13 +152,21 @@ def _column(c: Any, key: str, delimiter: str) -> Column:
             raise InputError(f"{key}.{flag}': expected true or false")
     if c.get("keep") and codec != "int":
         raise InputError(f"{key}.keep': kept raw values are integers; needs codec int")
+    on_bad_value = c.get("on_bad_value", "error")
+    if on_bad_value not in ("error", "oov"):
+        raise InputError(f"{key}.on_bad_value': expected error or oov, got {on_bad_value!r}")
+    if on_bad_value == "oov" and (codec != "int" or c.get("group") or c.get("keep")):
+        raise InputError(f"{key}.on_bad_value': oov is for codec int feature columns (not group or keep ones)")
     out = dict(name=c["name"], kind=kind, codec=codec, group=c.get("group", False), keep=c.get("keep", False),
-               min_count=min_count)
+               min_count=min_count, on_bad_value="oov" if on_bad_value == "oov" else None)
     if kind == "multi_valued":
         sep, max_len, pooling = c.get("separator"), c.get("max_len"), c.get("pooling", "sum")
         if not isinstance(sep, str) or len(sep.encode()) != 1 or sep in ("\n", "\r", delimiter):
             raise InputError(f"{key}.separator': expected one character other than the delimiter")
-        if not isinstance(max_len, int) or max_len < 1:
+        if max_len is None:
+            raise InputError(f"{key}.max_len': missing; a multi_valued column needs max_len, the most values "
+                             "of a row that are kept (e.g. max_len: 10)")
+        if not isinstance(max_len, int) or isinstance(max_len, bool) or max_len < 1:
             raise InputError(f"{key}.max_len': expected an integer >= 1, got {max_len!r}")
         if pooling not in POOLINGS:
             raise InputError(f"{key}.pooling': expected {' | '.join(POOLINGS)}, got {pooling!r}")
@@ -211,7 +223,7 @@ class CsvFormat:
         self._ignored: list[str] = []
 
     def _info(self, c: Column) -> FieldInfo:
-        return FieldInfo(c.name, c.codec, c.min_count or self.min_count, c.schema_extra())
+        return FieldInfo(c.name, c.codec, c.min_count or self.min_count, c.schema_extra(), c.on_bad_value or "error")
 
     def decoder(self, path: Path, header: Optional[str]) -> CsvDecoder:
         cols = self.layout.columns
@@ -253,7 +265,8 @@ class CsvDecoder:
         self.label = fmt.label
         self.group = next((c for c in self.columns if c.kind == "group" or c.group), None)
         self.keep = [c for c in self.columns if c.kind == "keep" or c.keep]
-        self.time = next((c for c in self.columns if c.kind == "time"), None) if fmt.time_column else None
+        # checked under every split, not only split by time: a time column of garbage is a mistake either way
+        self.time = next((c for c in self.columns if c.kind == "time"), None)
         groups: dict[Any, list[int]] = {}
         for j, c in enumerate(self.single):
             parser = (c.rule or ("boundaries", j)) if c.kind == "numeric_bucket" else c.codec
@@ -291,6 +304,10 @@ class CsvDecoder:
             k = [column[name] for name in self.text_columns]
             quoted = (chunk.byte_at(start[k]) == ord('"')) & (length[k] > 0)
             check(quoted.any(axis=0), lambda r: "quoted fields are not supported (no field may contain the delimiter)")
+            # The vocabulary keeps each value's text: bytes that are not UTF-8 have none
+            bad_text = ~utf8_spans(chunk, start[k], length[k])
+            check(bad_text.any(axis=0), lambda r: f"column {self.text_columns[int(np.argmax(bad_text[:, r]))]!r}: "
+                  "not UTF-8 text (codec str); re-encode the file as UTF-8")
 
         if self.label is None:  # rows to score: the label is unknown
             labels = np.full(n, np.nan, dtype=np.float32)
@@ -306,7 +323,10 @@ class CsvDecoder:
             keys, ok, what = self._parse(chunk, parser, start[ks], length[ks])
             cat_keys[js] = keys
             for i in np.flatnonzero(~ok.all(axis=1)):
-                check(~ok[i], bad_token(self.single[js[i]].name, what))
+                if self.single[js[i]].on_bad_value == "oov":
+                    cat_keys[js[i], ~ok[i]] = BAD_VALUE
+                else:
+                    check(~ok[i], bad_token(self.single[js[i]].name, what))
         cat_starts = None
         if any(c.codec == "str" for c in self.single):
             cat_starts = start[[column[c.name] for c in self.single]]
@@ -353,12 +373,15 @@ class CsvDecoder:
             values, ok = parse_numbers(chunk, start, length)
             missing = length == 0
             if parser == "log2":
+                # Criteo's rule is for counts: a fraction would be truncated, a value past int64 would
+                # wrap to the missing token's key
+                ok &= (values == np.floor(values)) & (np.abs(values) < 2.0 ** 62)
                 keys = log2_buckets(np.where(ok, values, 0.0))
             else:
                 boundaries = np.asarray(self.single[parser[1]].boundaries)
                 keys = np.searchsorted(boundaries, values, side="right").astype(np.int64)
             keys[missing] = MISSING
-            return keys, ok | missing, "is not a number"
+            return keys, ok | missing, "is not an integer (rule log2)" if parser == "log2" else "is not a number"
         keys, ok = _token_keys(chunk, parser, start, length)
         what = {"int": "is not an integer (codec int)", "hex": "is not a hex token (codec hex)"}.get(parser, "")
         return keys, ok, what

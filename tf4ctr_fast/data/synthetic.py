@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..config import DatasetConfig, SyntheticConfig
+from ..config import DatasetConfig, SyntheticConfig, check_ranges
 from ..errors import InputError
 from .columns import FIRST_KNOWN_ID, SplitArrays, categorical_field, write_prepared
 
@@ -108,7 +108,7 @@ def generate_synthetic(cfg: DatasetConfig, out_dir: str | Path) -> Path:
     # `dataset.synthetic.cat_vocab_sizes` is the key the lead adds to SyntheticConfig; soft until then
     sizes = cfg.synthetic.cat_vocab_sizes or None
     data = synthesize(cfg.synthetic, cfg.seed, sizes)
-    bounds = _split_bounds(cfg.synthetic)
+    bounds = cfg.synthetic.split_bounds()
     splits: dict[str, SplitArrays] = {
         name: (data.ids[lo:hi], data.labels[lo:hi], None, None)
         for name, (lo, hi) in zip(SPLIT_NAMES, bounds) if hi > lo}
@@ -130,30 +130,8 @@ def generate_synthetic(cfg: DatasetConfig, out_dir: str | Path) -> Path:
     return write_prepared(out_dir, schema, splits)
 
 
-def _split_bounds(cfg: SyntheticConfig) -> list[tuple[int, int]]:
-    cuts = np.rint(np.cumsum(cfg.split) / sum(cfg.split) * cfg.rows).astype(int)
-    cuts[-1] = cfg.rows
-    return [(int(lo), int(hi)) for lo, hi in zip(np.concatenate([[0], cuts[:-1]]), cuts)]
-
-
 def _check(cfg: SyntheticConfig) -> None:
-    key = "config key 'dataset.synthetic."
-    if cfg.rows < 1:
-        raise InputError(f"{key}rows': must be >= 1, got {cfg.rows}")
-    if cfg.num_int_fields < 0 or cfg.num_cat_fields < 0 or cfg.num_int_fields + cfg.num_cat_fields < 1:
-        raise InputError(f"{key}num_int_fields' / 'num_cat_fields': need at least one field, none negative")
-    for name in ("int_vocab", "cat_vocab"):
-        if getattr(cfg, name) < 1:
-            raise InputError(f"{key}{name}': must be >= 1, got {getattr(cfg, name)}")
-    if cfg.zipf_a < 0:
-        raise InputError(f"{key}zipf_a': must be >= 0, got {cfg.zipf_a}")
-    if not 0.0 <= cfg.hard_fraction <= 1.0:
-        raise InputError(f"{key}hard_fraction': must be in [0, 1], got {cfg.hard_fraction}")
-    if len(cfg.split) != len(SPLIT_NAMES) or min(cfg.split) < 0 or abs(sum(cfg.split) - 1) > 1e-6:
-        raise InputError(f"{key}split': expected 3 non-negative fractions (train, valid, test) "
-                         f"summing to 1, got {cfg.split}")
-    if _split_bounds(cfg)[0][1] == 0:
-        raise InputError(f"{key}split': the train split would be empty")
+    check_ranges(cfg, "dataset.synthetic")  # load_config checked it too; synthesize may get one built in code
 
 
 def _standardize(x: np.ndarray, std: float) -> np.ndarray:

@@ -21,6 +21,9 @@ from typing import BinaryIO, Optional
 import numpy as np
 
 MISSING = np.int64(np.iinfo(np.int64).min)   # key of an empty int/numeric token; sorts first
+# key of a junk token in a codec int column with on_bad_value: oov; never in a vocabulary (so it encodes
+# as OOV), and no parsed integer (at most MAX_INT_DIGITS digits) can have it
+BAD_VALUE = np.int64(np.iinfo(np.int64).min + 1)
 MAX_NUMBER_WIDTH = 40                         # longer numeric tokens are rejected, not parsed
 MAX_INT_DIGITS = 18                           # always fits int64
 MAX_HEX_DIGITS = 14                           # the top byte of a hex key keeps the width
@@ -455,3 +458,27 @@ def split_spans(chunk: Chunk, start: np.ndarray, length: np.ndarray, separator: 
     ends = np.sort(np.concatenate([seps, hi]))
     nonempty = ends > begins
     return spans[piece_owner[nonempty]], begins[nonempty], (ends - begins)[nonempty]
+
+
+def utf8_spans(chunk: Chunk, start: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """bool, shaped like start: whether each span is valid UTF-8. Only chunks holding non-ASCII bytes
+    cost more than one scan, and then only per invalid sequence (each found by a C decode)."""
+    ok = np.ones(start.shape, dtype=bool)
+    data = chunk._data if chunk._data is not None else bytes(chunk.buf)
+    if data.isascii():
+        return ok
+    bad, at = [], 0
+    while at < len(data):
+        try:
+            data[at:].decode("utf-8")
+            break
+        except UnicodeDecodeError as e:
+            bad.append(at + e.start)
+            at += e.end
+    if bad:
+        bad = np.asarray(bad, dtype=np.int64)
+        # a span [s, s + l) is bad when an invalid byte lies inside it
+        first = np.searchsorted(bad, start, side="left")
+        inside = first < len(bad)
+        ok[inside] = bad[first[inside]] >= (start + length)[inside]
+    return ok

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import InputError
 from .columns import FIRST_KNOWN_ID, IntVocab
-from .text import MISSING, hash_text, hex_text
+from .text import BAD_VALUE, MISSING, hash_text, hex_text
 
 CODECS = ("int", "hex", "str")
 MAX_IDS = int(np.iinfo(np.int32).max)   # ids are stored as int32
@@ -86,7 +86,7 @@ def _sum_by_key(keys: np.ndarray, counts: np.ndarray, first: Optional[np.ndarray
 
 def fit(keys: np.ndarray, counts: np.ndarray, min_count: int, where: str) -> IntVocab:
     """Keys seen at least min_count times become known; `where` names the field for the int32 check."""
-    known = keys[counts >= min_count]
+    known = keys[(counts >= min_count) & (keys != BAD_VALUE)]
     if len(known) + FIRST_KNOWN_ID > MAX_IDS:
         raise InputError(f"{where}: {len(known):,} known values overflow int32 ids; raise min_count")
     return IntVocab(known)
@@ -130,3 +130,10 @@ def text_key(codec: str, text: str) -> int:
     if codec == "str":
         return hash_text(text)
     raise ValueError(f"unknown codec {codec!r}")
+
+
+def count_of(counter: KeyCounter, key: int) -> int:
+    """How many times `counter` saw `key`."""
+    keys, counts, _ = counter.result()
+    at = int(np.searchsorted(keys, key))
+    return int(counts[at]) if at < len(keys) and keys[at] == key else 0

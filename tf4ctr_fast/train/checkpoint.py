@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..config import RunConfig
-from ..errors import InputError
+from ..errors import InputError, torch_load_reason
 from ..features import BagField, bag_fields_of
 from ..io_utils import atomic_file
 from ..models import build_model
@@ -86,7 +86,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a damaged zip/pickle
-        raise InputError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+        raise InputError(f"{path}: not a readable checkpoint ({torch_load_reason(e)})") from None
     if not isinstance(payload, dict) or any(k not in payload for k in _REQUIRED_KEYS):
         raise InputError(f"{path}: not a tf4ctr_fast checkpoint (missing keys)")
     if payload["format_version"] != FORMAT_VERSION:

@@ -25,13 +25,17 @@ def _save_png(fig: Figure, path: str | os.PathLike) -> None:
 
 
 def _mark_lr_changes(ax: Any, records: Sequence[Record]) -> None:
-    """Dashed line before each epoch that ran with a new learning rate."""
+    """Dashed line before each epoch that ran with a new learning rate, labelled on the side with room
+    (left of the line in the plot's right half: a cut before the last epoch would put it past the edge)."""
+    middle = (records[0]["epoch"] + records[-1]["epoch"]) / 2 if records else 0
     for prev, rec in zip(records, records[1:]):
         if rec["lr"] != prev["lr"]:
             x = rec["epoch"] - 0.5
+            right_half = x > middle
             ax.axvline(x, color="grey", linestyle="--", linewidth=0.8)
             ax.annotate(f"lr {rec['lr']:.0e}", (x, 1.0), xycoords=("data", "axes fraction"),
-                        xytext=(2, -10), textcoords="offset points", fontsize=7, color="grey")
+                        xytext=(-2 if right_half else 2, -10), textcoords="offset points",
+                        ha="right" if right_half else "left", fontsize=7, color="grey")
 
 
 def plot_learning_curves(epoch_records: Sequence[Record], path: str | os.PathLike) -> None:

@@ -23,13 +23,20 @@ from ..errors import InputError
 
 
 def to_jsonable(value: Any) -> Any:
-    """numpy scalars/arrays -> Python, paths -> str, nan/inf -> None, recursively."""
+    """numpy scalars/arrays -> Python, paths -> str, nan/inf -> None, recursively.
+
+    A float32 (or float16) is written as the shortest text that reads back as the same float32:
+    0.01, not the float64 it widens to (0.009999999776482582)."""
     if isinstance(value, dict):
         return {str(k): to_jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [to_jsonable(v) for v in value]
     if isinstance(value, np.ndarray):
+        if value.dtype in (np.float16, np.float32):   # element by element, as numpy scalars
+            return to_jsonable(list(value) if value.ndim else value[()])
         return to_jsonable(value.tolist())
+    if isinstance(value, (np.float16, np.float32)):
+        value = float(str(value))   # numpy prints the shortest round-tripping digits
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):

@@ -50,7 +50,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from ..config import RunConfig
+from ..config import RunConfig, check_ranges
 from ..data.streaming import LOADERS, choose_loader
 from ..errors import InputError
 from ..features import ModelInput, bag_fields_of, rows_of
@@ -190,25 +190,10 @@ def _check_config(cfg: RunConfig, data: Any, device: torch.device) -> None:
     if tc.monitor == "auc+gauc" and not data.group_field:
         raise InputError("config key 'train.monitor': 'auc+gauc' needs a dataset with a group field "
                          "(dataset.group_field)")
-    for key in ("batch_size", "eval_batch_size", "epochs", "nproc", "lr_decay_patience"):
-        if getattr(tc, key) < 1:
-            raise InputError(f"config key 'train.{key}': must be >= 1, got {getattr(tc, key)}")
+    check_ranges(tc, "train")  # load_config checked them too; train() may get a config built in code
     resolve_precision(tc.precision, device)       # an unknown name stops the run before any work
     if tc.loader not in LOADERS:
         raise InputError(f"config key 'train.loader': {tc.loader!r} is not one of {', '.join(LOADERS)}")
-    if tc.max_steps_per_epoch is not None and tc.max_steps_per_epoch < 1:
-        raise InputError(f"config key 'train.max_steps_per_epoch': must be >= 1 or null, "
-                         f"got {tc.max_steps_per_epoch}")
-    if tc.checkpoint_every_steps is not None and tc.checkpoint_every_steps < 0:
-        raise InputError(f"config key 'train.checkpoint_every_steps': must be >= 0 or null, "
-                         f"got {tc.checkpoint_every_steps}")
-    if not (tc.divergence_factor == 0 or tc.divergence_factor > 1):
-        raise InputError(f"config key 'train.divergence_factor': must be > 1, or 0 to disable, "
-                         f"got {tc.divergence_factor}")
-    t = tc.difficulty_thresholds
-    if len(t) != 2 or not 0.0 <= t[0] <= t[1] <= 1.0:
-        raise InputError(f"config key 'train.difficulty_thresholds': expected [t0, t1] with "
-                         f"0 <= t0 <= t1 <= 1, got {t}")
     if cfg.model.backend == "torchrec":
         _check_torchrec_config(cfg, device)
     elif tc.nproc > 1:
@@ -217,6 +202,12 @@ def _check_config(cfg: RunConfig, data: Any, device: torch.device) -> None:
     for name in ("train", "valid"):
         if not data.has_split(name):
             raise InputError(f"the prepared dataset has no '{name}' split (training needs train and valid)")
+    if "auc" in tc.monitor:
+        labels = np.asarray(data.split("valid").labels)
+        if labels.min() == labels.max():   # the data's fault, not the monitor's: say so before training
+            raise InputError(f"{getattr(data, 'path', 'the dataset')}: the valid split has only one class (all {len(labels):,} labels "
+                             f"are {labels[0]:g}), so its AUC (train.monitor {tc.monitor!r}) is undefined; "
+                             "check the label column and the split")
 
 
 def _check_torchrec_config(cfg: RunConfig, device: torch.device) -> None:
@@ -232,9 +223,6 @@ def _check_torchrec_config(cfg: RunConfig, device: torch.device) -> None:
     if tc.sparse_optimizer == "adam" and device.type != "cuda":
         raise InputError("config key 'train.sparse_optimizer': 'adam' is fused by FBGEMM on CUDA only; "
                          "on CPU use 'rowwise_adagrad' or 'sgd'")
-    for key in ("sparse_lr", "sparse_eps"):
-        if not getattr(tc, key) > 0:
-            raise InputError(f"config key 'train.{key}': must be > 0, got {getattr(tc, key)}")
     if tc.sharding not in SHARDINGS:
         raise InputError(f"config key 'train.sharding': {tc.sharding!r} is not one of {', '.join(SHARDINGS)}")
     if tc.nproc == 1:
@@ -248,7 +236,10 @@ def _check_torchrec_config(cfg: RunConfig, device: torch.device) -> None:
 
 
 def _schema_summary(data: Any, splits: dict[str, Any]) -> dict[str, Any]:
+    bags = getattr(data, "multi_valued_fields", [])   # in-memory datasets have none
     return {"fields": list(data.field_names), "vocab_sizes": list(data.vocab_sizes),
+            "multi_valued_fields": [{k: f.get(k) for k in ("name", "vocab_size", "max_len", "pooling")}
+                                    for f in bags],
             "group_field": data.group_field,
             "rows": {name: int(s.num_rows) for name, s in splits.items()}}
 

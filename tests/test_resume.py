@@ -52,7 +52,8 @@ train:
 """
 # What differs between two runs of the same computation: timings and where the run lives.
 TIMING_KEYS = {"train_time_s", "train_samples_per_s", "eval_time_s", "epoch_time_s", "wall_time_s",
-               "out_dir", "checkpoint"}
+               "out_dir", "checkpoint", "last_checkpoint_writes", "last_checkpoint_write_s",
+               "last_checkpoint_share_of_train_time"}
 
 
 @pytest.fixture(scope="module")

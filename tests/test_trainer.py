@@ -358,3 +358,14 @@ def test_auc_plus_gauc_needs_group_field(tmp_path):
     data.group_field = None
     with pytest.raises(InputError, match="group"):
         train(make_cfg(tmp_path, monitor="auc+gauc"), data, model=TinyLogistic(VOCAB))
+
+
+def test_results_report_what_the_resumable_checkpoints_cost(tmp_path):
+    data, _ = planted_data(rows=(1024, 200, 100))
+    result = train(make_cfg(tmp_path, epochs=2, patience=5), data, model=TinyLogistic(VOCAB))
+    # the default interval: one last.pt per epoch end (a minute of work never passes here)
+    assert result["last_checkpoint_writes"] == 2
+    assert 0 < result["last_checkpoint_write_s"] and 0 < result["last_checkpoint_share_of_train_time"] < 100
+    none = train(make_cfg(tmp_path / "none", epochs=2, patience=5, checkpoint_every_steps=0), data,
+                 model=TinyLogistic(VOCAB))
+    assert none["last_checkpoint_writes"] == 0 and not (tmp_path / "none" / "last.pt").exists()

@@ -287,3 +287,25 @@ def test_trainer_runs_a_zoo_model_end_to_end(name, backend, tmp_path):
     assert result["valid"]["auc"] > 0.7
     loaded, loaded_cfg, _ = load_checkpoint(tmp_path / "run" / "best.pt")
     assert type(loaded).name == name and loaded_cfg.model.params == cfg.model.params
+
+
+def test_docs_list_every_model_rule():
+    from pathlib import Path
+
+    from tf4ctr_fast.models.registry import model_rules_table
+
+    docs = Path(__file__).resolve().parents[1] / "docs" / "config.md"
+    assert model_rules_table() in docs.read_text()
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_numeric_parameter_has_a_rule(name):
+    import typing
+
+    cls = model_class(name).Params
+    checked = []
+    cls().check(lambda ok, key, what: checked.append(key))
+    hints = typing.get_type_hints(cls)
+    numeric = [f.name for f in dataclasses.fields(cls)
+               if hints[f.name] in (int, float) or str(hints[f.name]) in ("list[int]", "list[float]")]
+    assert set(numeric) <= set(checked), f"{name}: no rule for {sorted(set(numeric) - set(checked))}"

@@ -74,6 +74,14 @@ def resolve_params(cfg: ModelConfig) -> ModelParams:
     return params
 
 
+def _shared_rules(cfg: ModelConfig, require: Callable[[bool, str, str], None]) -> None:
+    require(cfg.embedding_dim >= 1, "embedding_dim", "must be at least 1")
+    require(0 <= cfg.net_dropout < 1, "net_dropout", "must be in [0, 1)")
+    require(cfg.emb_reg >= 0, "emb_reg", "must be >= 0")
+    require(cfg.head in HEAD_NAMES, "head", f"must be one of {', '.join(HEAD_NAMES)}")
+    require(cfg.backend in BACKENDS, "backend", f"must be one of {', '.join(BACKENDS)}")
+
+
 def check_shared_keys(cfg: ModelConfig) -> None:
     """Range checks of the keys every model shares; each error names its config key."""
 
@@ -81,11 +89,28 @@ def check_shared_keys(cfg: ModelConfig) -> None:
         if not ok:
             raise InputError(f"config key 'model.{key}': {what}, got {getattr(cfg, key)!r}")
 
-    require(cfg.embedding_dim >= 1, "embedding_dim", "must be at least 1")
-    require(0 <= cfg.net_dropout < 1, "net_dropout", "must be in [0, 1)")
-    require(cfg.emb_reg >= 0, "emb_reg", "must be >= 0")
-    require(cfg.head in HEAD_NAMES, "head", f"must be one of {', '.join(HEAD_NAMES)}")
-    require(cfg.backend in BACKENDS, "backend", f"must be one of {', '.join(BACKENDS)}")
+    _shared_rules(cfg, require)
+
+
+def model_rules_table() -> str:
+    """The model section's rules as the markdown table of docs/config.md: the shared keys, then each
+    registered model's parameters. Read off the checks themselves (each run on the defaults with a
+    `require` that notes every rule it is asked), so the table cannot drift from the code; a rule that
+    applies only in some structures (e.g. DCNv2's) is listed when the defaults reach it."""
+    rows = ["| key | model | rule | default |", "|---|---|---|---|"]
+
+    def noted(into: list) -> Callable[[bool, str, str], None]:
+        return lambda ok, key, what: into.append((key, what)) if (key, what) not in into else None
+
+    shared: list[tuple[str, str]] = []
+    defaults = ModelConfig()
+    _shared_rules(defaults, noted(shared))
+    rows += [f"| `model.{key}` | all | {what} | `{getattr(defaults, key)!r}` |" for key, what in shared]
+    for name, cls in _MODELS.items():
+        params, rules = cls.Params(), []
+        params.check(noted(rules))
+        rows += [f"| `model.params.{key}` | {name} | {what} | `{getattr(params, key)!r}` |" for key, what in rules]
+    return "\n".join(rows) + "\n"
 
 
 def check_model_config(cfg: ModelConfig) -> ModelParams:

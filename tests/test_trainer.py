@@ -369,3 +369,12 @@ def test_results_report_what_the_resumable_checkpoints_cost(tmp_path):
     none = train(make_cfg(tmp_path / "none", epochs=2, patience=5, checkpoint_every_steps=0), data,
                  model=TinyLogistic(VOCAB))
     assert none["last_checkpoint_writes"] == 0 and not (tmp_path / "none" / "last.pt").exists()
+
+
+def test_oversubscription_warning():
+    from tf4ctr_fast.train.trainer import oversubscription
+
+    assert oversubscription(threads=1, load=5.0, cores=2) is None          # one thread never waits
+    assert oversubscription(threads=2, load=0.3, cores=2) is None          # an idle box
+    message = oversubscription(threads=2, load=1.2, cores=2)
+    assert message is not None and "train.num_threads=1" in message

@@ -36,6 +36,7 @@ import itertools
 import json
 import logging
 import math
+import os
 import random
 import signal
 import sys
@@ -538,6 +539,25 @@ def _decay_lr(optimizer: torch.optim.Optimizer, sparse: Any, factor: float, floo
         _set_sparse_lrs(sparse, [max(group["lr"] * factor, floor) for group in sparse.param_groups])
 
 
+def oversubscription(threads: int, load: float, cores: int) -> Optional[str]:
+    """A warning when `threads` torch threads would share the cores with a load average `load`: torch's
+    threads wait on each other at every parallel region, so a second thread on a busy core makes a step
+    several times slower than one thread (measured 5x on the 2-core box of DEVELOPERS.md)."""
+    if threads > 1 and load + threads > cores + 0.5:
+        return (f"{threads} torch threads on {cores} cores with a load average of {load:.1f} from other "
+                "processes: the threads will wait on each other (up to 5x slower); set train.num_threads=1 "
+                "(or fewer) while the machine is busy")
+    return None
+
+
+def warn_if_oversubscribed(device: torch.device) -> None:
+    if device.type != "cpu" or not hasattr(os, "getloadavg"):
+        return
+    message = oversubscription(torch.get_num_threads(), os.getloadavg()[0], os.cpu_count() or 1)
+    if message:
+        logger.warning("warning: %s", message)
+
+
 def train(cfg: RunConfig, data: Any, model: Optional[nn.Module] = None, *, overwrite: bool = False,
           resume: bool = False) -> dict[str, Any]:
     """Train on data.split("train"), select on valid, report best-checkpoint valid/test metrics.
@@ -559,6 +579,7 @@ def train(cfg: RunConfig, data: Any, model: Optional[nn.Module] = None, *, overw
         seed_everything(tc.seed)
         if tc.num_threads > 0:
             torch.set_num_threads(tc.num_threads)
+        warn_if_oversubscribed(device)
         if model is None:
             model = _build_model(cfg, data.field_names, data.vocab_sizes, device,
                                  bag_fields=bag_fields_of(data.schema))

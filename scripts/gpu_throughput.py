@@ -5,8 +5,8 @@ plus a profile of where one engine step's time goes. Written for the lent GPU ma
     python scripts/gpu_throughput.py --out DIR [--quick]
 
 For each (vocabulary, batch, precision, path) it times training steps as the trainer takes them
-(bench/harness.py training_step: loss + regularizer, backward with the fused sparse update, clip,
-Adam on the dense part) over pre-generated batches already on the device (the device loader's case),
+(bench/harness.py training_step: loss + regularizer under train.precision's autocast, backward with
+the fused sparse update, clip, Adam on the dense part, a device sync) over pre-generated batches already on the device (the device loader's case),
 with CUDA events: median ms per step -> samples/s. Paths: "reference" (nn.Embedding tables, dense Adam
 over every table, op-by-op head) and "engine" (TorchRec/FBGEMM SER tables + fused Triton head).
 Precision "bf16" runs the forward under torch.autocast(bfloat16) (the MLPs' matmuls in bf16; tables,
@@ -18,7 +18,6 @@ DIR/profile.txt (torch.profiler: top CUDA kernels of an engine step).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import sys
@@ -27,27 +26,10 @@ import traceback
 from pathlib import Path
 
 import torch
-from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
-from harness import CLIP_NORM, DENSE_LR, build_pair, criteo_batch, criteo_vocab_sizes, linear_macs  # noqa: E402
-
-
-def make_step(model: nn.Module, precision: str):
-    params = list(model.dense_parameters())
-    optimizer = torch.optim.Adam(params, lr=DENSE_LR)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if precision == "bf16"
-                else contextlib.nullcontext())
-
-    def step(ids, y):
-        optimizer.zero_grad(set_to_none=True)
-        with autocast:
-            loss = model.loss(ids, y)["loss"] + model.regularization()
-        loss.backward()
-        nn.utils.clip_grad_norm_(params, CLIP_NORM)
-        optimizer.step()
-    return step
+from harness import build_pair, criteo_batch, criteo_vocab_sizes, linear_macs, training_step  # noqa: E402
 
 
 def time_steps(step, batches, warmup: int, steps: int, device) -> list[float]:
@@ -84,7 +66,7 @@ def run_case(vocab: int, batch: int, precision: str, paths, device, warmup: int,
         row = dict(vocab=vocab, batch=batch, precision=precision, path=path)
         try:
             model = models[path].train()
-            ms = time_steps(make_step(model, precision), batches, warmup, steps, device)
+            ms = time_steps(training_step(model, precision), batches, warmup, steps, device)
             median = statistics.median(ms)
             row.update(median_ms=median, min_ms=min(ms), samples_per_s=batch / median * 1e3,
                        tflops=6 * linear_macs(model) * batch / median / 1e9)
@@ -127,7 +109,7 @@ def profile_engine_step(vocab: int, batch: int, device, out: Path) -> None:
     vocab_sizes = criteo_vocab_sizes(vocab)
     ids, y = criteo_batch(vocab_sizes, batch, device, seed=2)
     _, engine = build_pair(vocab_sizes, device)
-    step = make_step(engine.train(), "fp32")
+    step = training_step(engine.train())
     for _ in range(5):
         step(ids, y)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])

@@ -145,7 +145,7 @@ def cmd_prepare(args) -> Path:
 def cmd_train(args) -> dict:
     from .config import load_config
     from .data.columns import load_prepared
-    from .data.prepare import is_prepared_from, prepare
+    from .data.prepare import ensure_prepared
     from .train.runfolder import check_run, resume_config
     from .train.trainer import train
 
@@ -163,11 +163,7 @@ def cmd_train(args) -> dict:
         raise InputError(f"config key 'train.out_dir': {out_dir} is a file, not a run folder; "
                          "choose another train.out_dir")
     check_run(out_dir, overwrite=args.overwrite, resume=bool(args.resume))
-    data_dir = cfg.dataset.resolved_prepared_dir()
-    if not is_prepared_from(cfg.dataset, data_dir):
-        print(f"preparing {cfg.dataset.name} into {data_dir} (none there yet, or prepared with other "
-              "dataset options)", flush=True)
-        prepare(cfg.dataset, progress=cfg.train.progress)
+    data_dir = ensure_prepared(cfg.dataset, progress=cfg.train.progress)
     result = train(cfg, load_prepared(data_dir), overwrite=args.overwrite, resume=bool(args.resume))
     _print_result(result)
     return result

@@ -36,6 +36,7 @@ from typing import Optional, Sequence
 
 from .errors import InputError
 from .io_utils import atomic_file
+from .signals import sigterm_interrupts
 from .train.runfolder import LAST_NAME, RESULTS_NAME, RUN_FILES
 METRICS = (("test", "auc"), ("test", "gauc"), ("test", "logloss"), ("valid", "auc"))
 
@@ -166,24 +167,24 @@ def run_all(runs: Sequence[Run], config_path: Optional[str], overrides: Sequence
     codes: dict[str, int] = {}
     bar = tqdm(total=len(runs), initial=len(runs) - len(todo), desc="sweep runs", unit="run",
                disable=not progress)
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        while todo or running:
-            while todo and len(running) < jobs:
-                run = todo.pop(0)
-                run.out_dir.parent.mkdir(parents=True, exist_ok=True)
-                log = open(run.console, "w")
-                proc = subprocess.Popen(_train_command(config_path, overrides, run, threads), stdout=log,
-                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-                running[proc] = (run, log)
-            for proc in [p for p in running if p.poll() is not None]:
-                run, log = running.pop(proc)
-                log.close()
-                codes[str(run.out_dir)] = proc.returncode
-                bar.update(1)
-                if proc.returncode != 0:
-                    tqdm.write(f"run {run.out_dir} failed (exit {proc.returncode}); see {run.console}")
-            time.sleep(0.2)
+        with sigterm_interrupts():
+            while todo or running:
+                while todo and len(running) < jobs:
+                    run = todo.pop(0)
+                    run.out_dir.parent.mkdir(parents=True, exist_ok=True)
+                    log = open(run.console, "w")
+                    proc = subprocess.Popen(_train_command(config_path, overrides, run, threads), stdout=log,
+                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+                    running[proc] = (run, log)
+                for proc in [p for p in running if p.poll() is not None]:
+                    run, log = running.pop(proc)
+                    log.close()
+                    codes[str(run.out_dir)] = proc.returncode
+                    bar.update(1)
+                    if proc.returncode != 0:
+                        tqdm.write(f"run {run.out_dir} failed (exit {proc.returncode}); see {run.console}")
+                time.sleep(0.2)
     except KeyboardInterrupt:
         for proc in running:
             proc.send_signal(signal.SIGTERM)
@@ -192,22 +193,17 @@ def run_all(runs: Sequence[Run], config_path: Optional[str], overrides: Sequence
             log.close()
         raise
     finally:
-        signal.signal(signal.SIGTERM, previous)
         bar.close()
     return codes
 
 
 def prepare_once(config_path: Optional[str], overrides: Sequence[str]) -> None:
     """Prepare the shared dataset before the runs start, so that concurrent runs never race to."""
-    cmd = [sys.executable, "-m", "tf4ctr_fast.cli", "prepare"] + (["--config", config_path] if config_path else [])
-    # `prepare` always writes; `train` prepares only when the folder is missing or stale. Ask train's
-    # question first, in a subprocess like the runs (same config resolution).
-    check = ("from tf4ctr_fast.config import load_config; from tf4ctr_fast.data.prepare import is_prepared_from;"
-             "import sys; c = load_config(sys.argv[1] or None, sys.argv[2:]).dataset;"
-             "sys.exit(0 if is_prepared_from(c, c.resolved_prepared_dir()) else 1)")
-    if subprocess.run([sys.executable, "-c", check, config_path or "", *overrides]).returncode != 0:
-        if subprocess.run(cmd + list(overrides)).returncode != 0:
-            raise InputError("sweep: preparing the dataset failed (message above)")
+    from .config import load_config
+    from .data.prepare import ensure_prepared
+
+    cfg = load_config(config_path, list(overrides))
+    ensure_prepared(cfg.dataset, progress=cfg.train.progress)
 
 
 # ---- statistics -------------------------------------------------------------------------------------

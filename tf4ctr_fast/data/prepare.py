@@ -63,6 +63,17 @@ def is_prepared_from(cfg: DatasetConfig, path: Optional[str | Path] = None) -> b
     return json.loads(marker.read_text()) == _dataset_options(cfg)
 
 
+def ensure_prepared(cfg: DatasetConfig, progress: bool = True) -> Path:
+    """The prepared folder of `cfg`, prepared first when it is missing or was written from other
+    dataset options (what `train` and `sweep` do before training)."""
+    path = cfg.resolved_prepared_dir()
+    if not is_prepared_from(cfg, path):
+        print(f"preparing {cfg.name} into {path} (none there yet, or prepared with other dataset options)",
+              flush=True)
+        prepare(cfg, progress=progress)
+    return path
+
+
 def _dataset_options(cfg: DatasetConfig) -> dict:
     options = dataclasses.asdict(cfg)
     options.pop("prepared_dir")

@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from tf4ctr_fast import cli
 from tf4ctr_fast.errors import InputError
@@ -116,18 +117,29 @@ def test_tiny_sweep_runs_every_pair_then_skips_finished(tmp_path, capsys):
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/seed*/results.json")} == stamps
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a run that fails at run time: CUDA on a CPU-only box")
 def test_failed_run_exits_1_and_the_others_finish(tmp_path, capsys):
     out = tmp_path / "sweep"
-    # a hidden width of 0 is refused by the model config: DNN's runs fail, TF4CTR's do not
-    argv = ["sweep", "--seeds", "1", "--grid", "model.dnn_hidden=[16],[0]", "--grid", "model.name=DNN",
+    # train.device=cuda passes every config check and fails when the run starts on a CPU-only box
+    argv = ["sweep", "--seeds", "1", "--grid", "train.device=cpu,cuda", "--grid", "model.name=DNN",
             "--out", str(out), f"dataset.prepared_dir={tmp_path / 'data'}", *TINY[:-1]]
     assert cli.main(argv) == 1
     err = capsys.readouterr().err
     assert "1 run(s) failed" in err and "console" in err
     summary = json.loads((out / "sweep.json").read_text())
     rows = {r["configuration"]: r for r in summary["rows"]}
-    assert rows["model.dnn_hidden=[16] model.name=DNN"]["seeds"] == [1]
-    assert rows["model.dnn_hidden=[0] model.name=DNN"]["missing_seeds"] == [1]
+    assert rows["train.device=cpu model.name=DNN"]["seeds"] == [1]
+    assert rows["train.device=cuda model.name=DNN"]["missing_seeds"] == [1]
+
+
+def test_bad_configuration_stops_the_sweep_before_any_run(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    # the override is a DeepFM key: checked with each configuration's model.name applied
+    argv = ["sweep", "--seeds", "1", "--grid", "model.name=DeepFM,DNN", "--out", str(out),
+            "model.params.hidden_units=[8]", f"dataset.prepared_dir={tmp_path / 'data'}", *TINY[:-1]]
+    assert cli.main(argv) == 2
+    assert "model.params.hidden_units" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_unfinished_runs_resume_or_start_over(tmp_path):

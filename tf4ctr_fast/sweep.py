@@ -197,13 +197,16 @@ def run_all(runs: Sequence[Run], config_path: Optional[str], overrides: Sequence
     return codes
 
 
-def prepare_once(config_path: Optional[str], overrides: Sequence[str]) -> None:
-    """Prepare the shared dataset before the runs start, so that concurrent runs never race to."""
+def check_and_prepare(config_path: Optional[str], overrides: Sequence[str],
+                      configs: Sequence[dict[str, str]]) -> None:
+    """Load every configuration's config (a bad key fails the sweep before any run starts, naming it,
+    and overrides that only some models take, e.g. model.params.*, are checked with the grid's values
+    applied), then prepare the shared dataset once, so that concurrent runs never race to."""
     from .config import load_config
     from .data.prepare import ensure_prepared
 
-    cfg = load_config(config_path, list(overrides))
-    ensure_prepared(cfg.dataset, progress=cfg.train.progress)
+    cfgs = [load_config(config_path, [*overrides, *(f"{k}={v}" for k, v in c.items())]) for c in configs]
+    ensure_prepared(cfgs[0].dataset, progress=cfgs[0].train.progress)
 
 
 # ---- statistics -------------------------------------------------------------------------------------
@@ -409,7 +412,7 @@ def sweep(config_path: Optional[str], overrides: Sequence[str], seeds_text: str,
     done = sum(r.finished for r in runs)
     print(f"sweep: {len(configs)} configuration(s) x {len(seeds)} seed(s) = {len(runs)} runs in {out_dir} "
           f"({done} finished already), {jobs} at once", flush=True)
-    prepare_once(config_path, overrides)
+    check_and_prepare(config_path, overrides, configs)
     try:
         codes = run_all(runs, config_path, overrides, jobs, progress)
     finally:

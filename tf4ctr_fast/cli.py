@@ -21,6 +21,7 @@ import numpy as np
 from .errors import InputError
 from .io_utils import atomic_file, temp_dir_beside
 from .signals import Interrupted, exit_code_of, sigterm_interrupts
+from .torchrun import launched, rank0_first
 
 EPILOG = """\
 config keys: see tf4ctr_fast/config.py (sections dataset, model, train); examples in configs/.
@@ -159,14 +160,31 @@ def cmd_train(args) -> dict:
     else:
         cfg = load_config(args.config, list(args.overrides) + [f"{key}={value}" for key, value in flags.items()])
     out_dir = cfg.resolved_out_dir()
-    if os.path.lexists(out_dir) and not out_dir.is_dir():
-        raise InputError(f"config key 'train.out_dir': {out_dir} is a file, not a run folder; "
-                         "choose another train.out_dir")
-    check_run(out_dir, overwrite=args.overwrite, resume=bool(args.resume))
-    data_dir = ensure_prepared(cfg.dataset, progress=cfg.train.progress)
+
+    def check_and_prepare() -> Path:
+        if os.path.lexists(out_dir) and not out_dir.is_dir():
+            raise InputError(f"config key 'train.out_dir': {out_dir} is a file, not a run folder; "
+                             "choose another train.out_dir")
+        check_run(out_dir, overwrite=args.overwrite, resume=bool(args.resume))
+        return ensure_prepared(cfg.dataset, progress=cfg.train.progress)
+
+    launch = launched()
+    if launch is None:
+        data_dir = check_and_prepare()
+    else:
+        # torchrun started the ranks: join their process group; rank 0 checks and prepares for all
+        from .distributed import init_distributed
+
+        if cfg.train.nproc not in (1, launch.world_size):
+            raise InputError(f"config key 'train.nproc': {cfg.train.nproc}, but torchrun launched "
+                             f"{launch.world_size} ranks; leave --nproc out under torchrun")
+        cfg.train.nproc = launch.world_size
+        init_distributed(device=cfg.train.device)
+        data_dir = rank0_first(check_and_prepare)
     result = train(cfg, load_prepared(data_dir), overwrite=args.overwrite, resume=bool(args.resume))
-    _print_result(result)
-    return result
+    if result is not None:      # None: a torchrun rank other than 0
+        _print_result(result)
+    return result or {}
 
 
 def _print_result(result: dict) -> None:

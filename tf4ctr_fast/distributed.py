@@ -90,7 +90,10 @@ def shard_model(model: nn.Module, sharding: str = "table_wise", device: Optional
     constraints = {t.name: ParameterConstraints(sharding_types=[kind], compute_kernels=[_FUSED_KERNEL],
                                                 min_partition=4 if sharding == "column_wise" else None)
                    for t in tables.cfg.table_configs()}
-    planner = EmbeddingShardingPlanner(topology=Topology(world_size=world, compute_device=device.type),
+    # the real ranks per host (torchrun's LOCAL_WORLD_SIZE; --nproc sets it too): TorchRec's default is 8
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    planner = EmbeddingShardingPlanner(topology=Topology(world_size=world, compute_device=device.type,
+                                                         local_world_size=local_world),
                                        constraints=constraints)
     sharders = [EmbeddingBagCollectionSharder()]
     plan = planner.collective_plan(model, sharders, pg)

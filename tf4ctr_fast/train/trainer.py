@@ -57,6 +57,7 @@ from ..errors import InputError
 from ..features import ModelInput, bag_fields_of, rows_of
 from ..io_utils import atomic_file
 from ..signals import Deferral, Interrupted, deferred
+from ..torchrun import launched, rank0_first
 from . import plots
 from .checkpoint import (_build_model, read_checkpoint, restore_weights, save_checkpoint,
                          sparse_optimizer_of)
@@ -231,8 +232,10 @@ def _check_torchrec_config(cfg: RunConfig, device: torch.device) -> None:
     if tc.sharding == "row_wise" and device.type != "cuda":
         raise InputError("config key 'train.sharding': 'row_wise' needs CUDA; on CPU use 'table_wise' "
                          "or 'column_wise'")
-    if device.type == "cuda" and tc.nproc > torch.cuda.device_count():
-        raise InputError(f"config key 'train.nproc': {tc.nproc} processes need as many GPUs, "
+    launch = launched()     # under torchrun: the ranks on this machine
+    local = launch.local_world_size if launch else tc.nproc
+    if device.type == "cuda" and local > torch.cuda.device_count():
+        raise InputError(f"config key 'train.nproc': {local} processes on this machine need as many GPUs, "
                          f"{torch.cuda.device_count()} available")
 
 
@@ -571,6 +574,10 @@ def train(cfg: RunConfig, data: Any, model: Optional[nn.Module] = None, *, overw
     _check_config(cfg, data, device)
     if resume and tc.nproc > 1:
         raise InputError("--resume: a run with train.nproc > 1 cannot be resumed (it writes no last.pt)")
+    if launched():
+        if model is not None:
+            raise ValueError("train(model=...) runs in one process, not under torchrun")
+        return _train_launched_rank(cfg, data, overwrite)
     with open_run(cfg.resolved_out_dir(), overwrite=overwrite, resume=resume):
         if tc.nproc > 1:
             if model is not None:
@@ -602,6 +609,17 @@ def _train_multiprocess(cfg: RunConfig, data: Any) -> dict[str, Any]:
         if last.startswith(prefix):
             raise InputError(last[len(prefix):]) from None
         raise
+    return json.loads((cfg.resolved_out_dir() / RESULTS_NAME).read_text())
+
+
+def _train_launched_rank(cfg: RunConfig, data: Any, overwrite: bool) -> Optional[dict[str, Any]]:
+    """This process's rank of a torchrun launch (the process group is joined already): rank 0 holds
+    the run folder's lock for the whole run, as a one-process run does, and returns the result."""
+    with contextlib.ExitStack() as stack:
+        rank0_first(lambda: stack.enter_context(open_run(cfg.resolved_out_dir(), overwrite=overwrite)))
+        train_distributed_rank(cfg, data, logging.getLogger("tf4ctr_fast").getEffectiveLevel())
+    if dist.get_rank() != 0:
+        return None
     return json.loads((cfg.resolved_out_dir() / RESULTS_NAME).read_text())
 
 

@@ -1,11 +1,11 @@
 """`torchrun ... -m tf4ctr_fast train`: two torchrun invocations (`--nnodes 2`, one rank each, a c10d
 rendezvous on 127.0.0.1: two "machines" on this one) train one run together through the CLI, and
-their run is `--nproc 2`'s (the one-machine launcher), epoch by epoch.
+their loss trajectory is the one-process run's.
 
-Not checked here: that 2 ranks follow the one-process run's trajectory. They do not (train loss
-1.276 / 1.007 / 0.616 against 1.294 / 1.164 / 0.884 on this data, for --nproc 2 and torchrun alike);
-tests/test_distributed.py shows the sharded step itself equals the one-process step, so the
-difference is in what the trainer's sharded path does around it (docs/distributed.md)."""
+No BatchNorm and no dropout (per-rank batch statistics and masks differ from one process's by
+design), and no embedding L2: each rank regularizes the rows its own slice looked up, so a row only
+one rank saw gets half the one-process decay (docs/distributed.md); with it the trajectories differ
+by about 1e-3 relative."""
 import json
 import os
 import socket
@@ -23,7 +23,7 @@ from tf4ctr_fast.torchrun import launched
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="gloo ranks on CPU; CUDA ranks need a GPU each")
 
 ENGINE = ["model.backend=torchrec", "model.embedding_dim=8", "model.mlp_s_hidden=[16]",
-          "model.mlp_c_hidden=[16,16]", "model.emb_reg=0.001", "model.batch_norm=false",
+          "model.mlp_c_hidden=[16,16]", "model.emb_reg=0", "model.batch_norm=false",
           "model.net_dropout=0", "train.sparse_lr=0.1", "train.lr=0.01", "train.batch_size=64",
           "train.eval_batch_size=256", "train.epochs=3", "train.patience=5", "train.progress=false",
           "train.num_threads=1"]
@@ -54,8 +54,7 @@ def runs(tmp_path_factory):
     config = write_planted_run(tmp)
     codes, outputs = _torchrun_two_nodes(config, tmp / "run_torchrun")
     assert codes == [0, 0], "\n".join(outputs)
-    assert main(["train", "--config", str(config), *ENGINE, f"train.out_dir={tmp / 'run_nproc2'}",
-                 "--nproc", "2"]) == 0
+    assert main(["train", "--config", str(config), *ENGINE, f"train.out_dir={tmp / 'run_one'}"]) == 0
     return tmp, config, outputs
 
 
@@ -63,13 +62,15 @@ def _epochs(run_dir):
     return [r for r in read_log(run_dir / "log.jsonl") if r["event"] == "epoch"]
 
 
-def test_two_torchrun_nodes_train_as_nproc_2_does(runs):
+def test_two_torchrun_nodes_follow_the_one_process_run(runs):
     tmp, _, outputs = runs
-    nodes, nproc = _epochs(tmp / "run_torchrun"), _epochs(tmp / "run_nproc2")
+    nodes, one = _epochs(tmp / "run_torchrun"), _epochs(tmp / "run_one")
     assert read_log(tmp / "run_torchrun" / "log.jsonl")[0]["config"]["train"]["nproc"] == 2
-    assert len(nodes) == len(nproc) == 3
-    assert [r["train_loss"] for r in nodes] == pytest.approx([r["train_loss"] for r in nproc], rel=1e-6)
-    assert [r["valid"]["auc"] for r in nodes] == pytest.approx([r["valid"]["auc"] for r in nproc], rel=1e-6)
+    assert len(nodes) == len(one) == 3
+    # same initial weights (the sharded and the fused tables are built alike), same batches: the
+    # sum order of the gradients is all that differs
+    assert [r["train_loss"] for r in nodes] == pytest.approx([r["train_loss"] for r in one], rel=1e-5)
+    assert [r["valid"]["logloss"] for r in nodes] == pytest.approx([r["valid"]["logloss"] for r in one], rel=1e-5)
     result = json.loads((tmp / "run_torchrun" / "results.json").read_text())
     assert result["test"]["auc"] > 0.6
     # exactly one rank (rank 0, on either "node") reports the result

@@ -191,11 +191,16 @@ class FusedFieldTables(FieldTables):
         self.fields = fields or InputFields.of(cfg.vocab_sizes, cfg.field_names)
         device = torch.device(device or "cpu")
         tables = cfg.table_configs()
-        if fused:
-            optimizer, kwargs = cfg.fused_optimizer(device)
-            self.ebc: nn.Module = FusedEmbeddingBagCollection(tables, optimizer, kwargs, device=device)
-        else:
-            self.ebc = EmbeddingBagCollection(tables, device=device)
+        # The plain EBC draws a default init from the global generator, the fused one does not: both
+        # are built on a forked generator, so that a sharded run (fused=False) and a one-process run
+        # start from the same weights (their own init below draws the same numbers).
+        gpus = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=gpus):
+            if fused:
+                optimizer, kwargs = cfg.fused_optimizer(device)
+                self.ebc: nn.Module = FusedEmbeddingBagCollection(tables, optimizer, kwargs, device=device)
+            else:
+                self.ebc = EmbeddingBagCollection(tables, device=device)
         # Not a table init_fn: sharded modules would apply it per shard (zeroing each shard's row 0).
         for table in tables:
             weight = self.ebc.embedding_bags[table.name].weight

@@ -17,8 +17,9 @@ One loop (`_fit`) serves both ways of running:
 - one process (train.nproc 1): the model trains here (`_Local`);
 - train.nproc N > 1 (torchrec backend): `train` launches N local processes, each running
   `train_distributed_rank`: the tables are sharded across the ranks (DistributedModelParallel), every
-  rank takes its slice of each batch, and rank 0 evaluates, logs and checkpoints an unsharded copy
-  gathered from the shards (`_Sharded`).
+  rank takes its slice of each batch, trains and scores it; rank 0 computes the metrics from all
+  ranks' scores, logs, and checkpoints an unsharded copy gathered from the shards after each best
+  epoch (`_Sharded`); the final valid/test figures are that copy's, reloaded from best.pt.
 
 Batches come from data.streaming.choose_loader (train.loader): the whole split on the device when it
 fits, else streamed; x is ids [B, F], or features.Features(ids, bags) when the dataset has
@@ -286,14 +287,18 @@ class _Local:
         """The main process's `value`, on every rank (here: the only one)."""
         return value
 
+    def predict(self, loader: Any) -> np.ndarray:
+        """Probabilities of every row of the loader, in its order."""
+        return _predict(self.main_model, loader)
+
     def gather(self) -> None:
         """Nothing to gather: main_model is the trained model."""
 
 
 class _Sharded:
     """One rank of a multi-process run. Rank 0 also holds `main_model`, an unsharded copy (plain
-    tables) that gather() refreshes from the shards, for evaluation and checkpoints; other ranks have
-    None. Every method but train_mode is a collective: all ranks call it in the same order."""
+    tables) that gather() refreshes from the shards, for best.pt and the final evaluation; other
+    ranks have None. The per-epoch validation runs on the shards (predict). Every method but train_mode is a collective: all ranks call it in the same order."""
 
     def __init__(self, dmp: nn.Module, copy: Optional[nn.Module], rank: int, world: int,
                  device: torch.device):
@@ -302,16 +307,52 @@ class _Sharded:
         self.is_main = rank == 0
         self.dense_params = _dense_parameters(dmp.module)
         self.sparse_optimizer = dmp.fused_optimizer
+        from ..embedding import FusedFieldTables
+        tables = [f"{name}." for name, m in dmp.module.named_modules() if isinstance(m, FusedFieldTables)]
+        self._dense_buffers = [b for name, b in dmp.module.named_buffers()
+                               if not any(name.startswith(t) for t in tables)]
 
     def train_mode(self) -> None:
         self.dmp.train()
+
+    def _slice(self, rows: int) -> tuple[int, int]:
+        return rows * self.rank // self.world, rows * (self.rank + 1) // self.world
 
     def loss(self, x: ModelInput, y: torch.Tensor) -> torch.Tensor:
         # Every rank iterates the same global batches (same loader seed) and takes its contiguous
         # slice. Call the wrapper, not dmp.module.loss: DDP averages the gradients only of what runs
         # through its forward.
-        lo, hi = (len(y) * r // self.world for r in (self.rank, self.rank + 1))
+        lo, hi = self._slice(len(y))
         return self.dmp(rows_of(x, lo, hi), y[lo:hi])["loss"] + self.dmp.module.regularization()
+
+    @torch.no_grad()
+    def predict(self, loader: Any) -> Optional[np.ndarray]:
+        """Every rank scores its slice of each batch with the sharded model (no table is gathered);
+        rank 0 gets the probabilities of every row in loader order, the others None. Collective."""
+        # BatchNorm's running statistics: TorchRec's DDP does not broadcast buffers, so each rank has
+        # its own; score with rank 0's, the ones gather() puts into best.pt
+        for buffer in self._dense_buffers:
+            dist.broadcast(buffer, src=0)
+        was_training = self.dmp.training
+        self.dmp.eval()
+        parts = []
+        try:
+            for x, y in loader:
+                if len(y) >= self.world:
+                    logit = self.dmp(rows_of(x, *self._slice(len(y))))["logit"]
+                else:
+                    # fewer rows than ranks (the last batch at most): the sharded forward is a
+                    # collective, so every rank scores the batch whole and rank 0's copy is kept
+                    logit = self.dmp(x)["logit"][: len(y) if self.is_main else 0]
+                parts.append(torch.sigmoid(logit.float()).cpu().numpy())
+        finally:
+            self.dmp.train(was_training)
+        gathered = [None] * self.world if self.is_main else None
+        dist.gather_object(parts, gathered, dst=0)
+        if not self.is_main:
+            return None
+        rows = [p for batch in zip(*gathered) for p in batch]    # batch by batch, rank by rank
+        return np.concatenate(rows) if rows else np.zeros(0, dtype=np.float32)
 
     def mean_over_ranks(self, value: torch.Tensor) -> torch.Tensor:
         value = value.clone()
@@ -702,11 +743,11 @@ def _fit(cfg: RunConfig, data: Any, replica: _Local | _Sharded, device: torch.de
     # the training forward's arithmetic; evaluation always runs in float32 (the monitor decides the lr)
     precision, precision_why = resolve_precision(tc.precision, device)
 
+    valid = splits["valid"]
+    valid_loader = choose_loader(valid, device, tc.eval_batch_size, kind=tc.loader)   # every rank scores
     if main:
-        valid = splits["valid"]
         valid_y = np.asarray(valid.labels)
         valid_group = _group_of(valid, "valid") if data.group_field else None
-        valid_loader = choose_loader(valid, device, tc.eval_batch_size, kind=tc.loader)
     log_file = RunLog(out_dir / LOG_NAME, keep=payload["log_records"] if resume else None) if main else None
 
     with log_file or contextlib.nullcontext() as log:
@@ -732,11 +773,10 @@ def _fit(cfg: RunConfig, data: Any, replica: _Local | _Sharded, device: torch.de
                 lr, sparse_lr = _lr(optimizer), _lr(sparse)
                 stats = _train_epoch(replica, optimizer, train_loader, cfg, run, last, precision)
 
-                replica.gather()
                 value = math.nan
+                eval_start = time.perf_counter()
+                p = replica.predict(valid_loader)       # a collective on sharded replicas
                 if main:
-                    eval_start = time.perf_counter()
-                    p = _predict(replica.main_model, valid_loader)
                     metrics = _metrics(valid_y, p, valid_group)
                     difficulty = difficulty_counts(valid_y, p, tc.difficulty_thresholds)
                     eval_seconds = time.perf_counter() - eval_start
@@ -771,8 +811,10 @@ def _fit(cfg: RunConfig, data: Any, replica: _Local | _Sharded, device: torch.de
                 # last.pt before best.pt: see _resume
                 if last is not None and last.periodic:
                     last.save(run)
-                if improved and main:
-                    save_checkpoint(best_path, replica.main_model, cfg, data.schema, epoch, metrics)
+                if improved:
+                    replica.gather()        # a collective: the unsharded copy only for best.pt
+                    if main:
+                        save_checkpoint(best_path, replica.main_model, cfg, data.schema, epoch, metrics)
                 if run.plateau.should_stop and main:
                     logger.info("early stop after epoch %d (no improvement for %d epochs)", epoch, tc.patience)
         except KeyboardInterrupt as e:

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
-from ..errors import InputError
 from ..features import ModelInput
 from ..layers.dlf import DLFLayer
 from ..layers.init import reset_linear_layers_
@@ -41,6 +40,11 @@ class DLFParams(ModelParams):
             require(getattr(self, key) >= 1, key, "must be at least 1")
         check_widths(require, self, "block_hidden_units", "head_hidden_units")
 
+    def check_with_shared(self, shared, require) -> None:
+        if self.attention != "none":
+            require(shared.embedding_dim % self.num_heads == 0, "num_heads",
+                    f"must divide model.embedding_dim ({shared.embedding_dim}) when attention is {self.attention!r}")
+
 
 @register("DLF", DLFParams)
 class DLF(CTRModel):
@@ -48,9 +52,6 @@ class DLF(CTRModel):
         super().__init__()
         cfg = parts.shared
         self.dim = dim = cfg.embedding_dim
-        if params.attention != "none" and dim % params.num_heads:
-            raise InputError(f"config key 'model.params.num_heads': must divide model.embedding_dim ({dim}) "
-                             f"when model.params.attention is {params.attention!r}, got {params.num_heads!r}")
         self.embedding = parts.tables({"embedding": dim})
         num_fields = parts.num_fields
         attention_tokens = {"none": 0, "cross": params.attention_tokens, "self": num_fields}[params.attention]

@@ -82,7 +82,7 @@ def their_logit(ids, p, params, dim):
     att = {"none": 0, "cross": params["attention_tokens"], "self": num_fields}[params["attention"]]
     outputs = x0
     for i in range(params["num_layers"]):
-        pre = f"layers.{i}"
+        pre = f"stack.layers.{i}"
         inputs, base = outputs, x0
         if f"{pre}.x0_projection.weight" in p:
             base = linear_compress(x0, p[f"{pre}.x0_projection.weight"])
@@ -141,12 +141,12 @@ def test_structure_follows_their_token_counts():
     after the first layer, over the previous layer's attention tokens only."""
     model = dlf(CASES["self"])
     assert model.body_dim == (2 * 2 + 3 + len(VOCAB)) * 4
-    assert model.layers[0].att.norm.normalized_shape == (len(VOCAB) * 4,)
-    assert model.layers[1].att.norm.normalized_shape == (len(VOCAB) * 4,)
+    assert model.stack.layers[0].att.norm.normalized_shape == (len(VOCAB) * 4,)
+    assert model.stack.layers[1].att.norm.normalized_shape == (len(VOCAB) * 4,)
     cross = dlf(CASES["cross"])
-    assert cross.layers[1].att.norm.normalized_shape == ((2 * 2 + 3 + 2) * 4,)
+    assert cross.stack.layers[1].att.norm.normalized_shape == ((2 * 2 + 3 + 2) * 4,)
     same = dlf(CASES["none-same-tokens"])
-    assert all(layer.residual_projection is None and layer.x0_projection is None for layer in same.layers)
+    assert all(layer.residual_projection is None and layer.x0_projection is None for layer in same.stack.layers)
 
 
 def test_body_is_what_the_head_reads():

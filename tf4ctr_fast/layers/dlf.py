@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from .init import reset_linear_layers_
 from .mlp import MLPBlock
 
 
@@ -123,3 +124,32 @@ class DLFLayer(nn.Module):
             blocks.append(self.att(attended))
         residual = tokens if self.residual_projection is None else self.residual_projection(tokens)
         return self.norm(torch.cat(blocks, dim=1) + residual)
+
+
+class DLFStack(nn.Module):
+    """DLF's network between the field embeddings and its head: [B, F, d] field tokens -> the last
+    layer's tokens flattened, [B, output_dim], output_dim = (2·fmb + lcb + att)·d. `attention`: "none"
+    (their DLF), "cross" (DLF_att_cross, `attention_tokens` per layer), "self" (DLF_att_self: one
+    attention token per field; after the first layer over the previous layer's attention tokens).
+    Any model with field embeddings can use it as an encoder (DLF's `body`)."""
+
+    def __init__(self, num_fields: int, dim: int, num_layers: int, lcb_tokens: int, fmb_tokens: int,
+                 attention: str, attention_tokens: int, rank: int, num_heads: int, hidden_units: Sequence[int],
+                 batch_norm: bool, dropout: float):
+        super().__init__()
+        att = {"none": 0, "cross": attention_tokens, "self": num_fields}[attention]
+        layers, num_in = [], num_fields
+        for i in range(num_layers):
+            attention_input = att if attention == "self" and i > 0 else None
+            layers.append(DLFLayer(num_fields, num_in, dim, lcb_tokens, fmb_tokens, att, rank, hidden_units,
+                                   batch_norm, dropout, num_heads, attention_input))
+            num_in = layers[-1].num_out
+        self.layers = nn.ModuleList(layers)
+        self.output_dim = num_in * dim
+        reset_linear_layers_(self)      # their model's xavier reset of every Linear (Q, K, V included)
+
+    def forward(self, fields: Tensor) -> Tensor:
+        tokens = fields
+        for layer in self.layers:
+            tokens = layer(tokens, fields)
+        return tokens.flatten(start_dim=1)

@@ -2,16 +2,16 @@
 of DLF layers over the field-embedding tokens (layers/dlf.py), flattened, MLP -> 1.
 
 `body(x)` is the network before the logit layer: the last layer's tokens flattened, [B, body_dim] with
-body_dim = (2·fmb_tokens + lcb_tokens + attention tokens) · embedding_dim; a twin model can use it as
-its complex encoder."""
+body_dim = (2·fmb_tokens + lcb_tokens + attention tokens) · embedding_dim. The network itself is
+layers/dlf.py's DLFStack (field tokens in): a twin model can use it as its complex encoder."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..features import ModelInput
-from ..layers.dlf import DLFLayer
+from ..layers.dlf import DLFStack
 from ..layers.init import reset_linear_layers_
 from ..layers.mlp import MLPBlock
 from .base import CTRModel, ModelParams, ModelParts, by_field, check_widths
@@ -53,28 +53,17 @@ class DLF(CTRModel):
         cfg = parts.shared
         self.dim = dim = cfg.embedding_dim
         self.embedding = parts.tables({"embedding": dim})
-        num_fields = parts.num_fields
-        attention_tokens = {"none": 0, "cross": params.attention_tokens, "self": num_fields}[params.attention]
-        layers, num_in = [], num_fields
-        for i in range(params.num_layers):
-            # "self": after the first layer, attend over the previous layer's attention tokens (the last ones).
-            attention_input = attention_tokens if params.attention == "self" and i > 0 else None
-            layers.append(DLFLayer(num_fields, num_in, dim, params.lcb_tokens, params.fmb_tokens, attention_tokens,
-                                   params.rank, params.block_hidden_units, cfg.batch_norm, cfg.net_dropout,
-                                   params.num_heads, attention_input))
-            num_in = layers[-1].num_out
-        self.layers = nn.ModuleList(layers)
-        self.body_dim = num_in * dim
+        self.stack = DLFStack(parts.num_fields, dim, params.num_layers, params.lcb_tokens, params.fmb_tokens,
+                              params.attention, params.attention_tokens, params.rank, params.num_heads,
+                              params.block_hidden_units, cfg.batch_norm, cfg.net_dropout)
+        self.body_dim = self.stack.output_dim
         self.head = MLPBlock(self.body_dim, params.head_hidden_units, cfg.batch_norm, cfg.net_dropout, output_dim=1)
         reset_linear_layers_(self)
 
     def body(self, x: ModelInput) -> Tensor:
         """The representation the logit layer reads: [B, body_dim]."""
         (emb,) = self.embedding(x)
-        x0 = tokens = by_field(emb, self.dim)
-        for layer in self.layers:
-            tokens = layer(tokens, x0)
-        return tokens.flatten(start_dim=1)
+        return self.stack(by_field(emb, self.dim))
 
     def logit(self, x: ModelInput) -> Tensor:
         return self.head(self.body(x)).squeeze(-1)

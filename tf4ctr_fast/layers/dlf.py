@@ -93,9 +93,9 @@ class AttentionTokens(nn.Module):
 
 class DLFLayer(nn.Module):
     """One DLF layer: [B, n_in, d] (and E(1) [B, F, d]) -> [B, n_out, d], n_out = 2·fmb + lcb + att
-    tokens in that order (FMB, RLI, LCB, NAF). attention_input "all": NAF attends over every input token
-    (their DLF_att_cross); "last": over the input's last `attention_input_tokens` tokens, the previous
-    layer's attention tokens (DLF_att_self's intent, docs/models.md)."""
+    tokens in that order (FMB, RLI, LCB, NAF; attention_tokens 0: no NAF). attention_input_tokens None:
+    NAF attends over every input token (their DLF_att_cross); a count k: over the input's last k tokens,
+    the previous layer's attention tokens (DLF_att_self's intent, docs/models.md)."""
 
     def __init__(self, num_fields: int, num_in: int, dim: int, lcb_tokens: int, fmb_tokens: int,
                  attention_tokens: int, rank: int, hidden_units: Sequence[int], batch_norm: bool, dropout: float,

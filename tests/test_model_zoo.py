@@ -100,13 +100,14 @@ def _network_grads(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None and id(p) not in tables}
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_backend_parity_logits_loss_and_gradients(name):
-    """Same weights on both backends: same logits and loss, same dense gradients, and the fused SGD
-    step (lr 1) moves each looked-up row by exactly the reference's row gradient."""
+def assert_backends_agree(cfg: ModelConfig) -> None:
+    """The model of cfg on both backends with the same weights: same logits and loss, same dense
+    gradients, and the fused SGD step (lr 1) moves each looked-up row by exactly the reference's row
+    gradient (tests/test_dlf.py reuses it for DLF's attention variants)."""
     torch.manual_seed(0)
-    ref = build(name, bags=BAGS)
-    eng = build(name, backend="torchrec", bags=BAGS)
+    ref = build_model(dataclasses.replace(cfg, backend="reference"), VOCAB, BAGS, field_names=NAMES)
+    eng = build_model(dataclasses.replace(cfg, backend="torchrec"), VOCAB, BAGS, field_names=NAMES,
+                      sparse_optimizer="sgd", sparse_lr=1.0)
     copy_weights(ref, eng)
     # Eval mode: BatchNorm uses the same running statistics and nothing draws noise on either side.
     ref.eval(), eng.eval()
@@ -131,6 +132,11 @@ def test_backend_parity_logits_loss_and_gradients(name):
 
 
 @pytest.mark.parametrize("name", MODELS)
+def test_backend_parity_logits_loss_and_gradients(name):
+    assert_backends_agree(tiny_config(name))
+
+
+@pytest.mark.parametrize("name", MODELS)
 def test_learns_a_planted_signal(name):
     """Click iff the user id is odd: a few Adam steps on one batch must cut the loss."""
     torch.manual_seed(0)
@@ -148,11 +154,10 @@ def test_learns_a_planted_signal(name):
     assert model.loss(x, y)["loss"].item() < 0.7 * first
 
 
-@pytest.mark.parametrize("name", MODELS)
-@pytest.mark.parametrize("backend", ["reference", "torchrec"])
-def test_checkpoint_round_trip_and_predict(name, backend, tmp_path):
+def assert_checkpoint_round_trip(model_cfg: ModelConfig, tmp_path) -> None:
+    """Save the model of model_cfg, load it back: same config, same logits, predict in odd batches."""
     torch.manual_seed(0)
-    cfg = RunConfig(model=tiny_config(name, backend=backend))
+    cfg = RunConfig(model=model_cfg)
     cfg.train.sparse_optimizer = "sgd"
     model = build_model(cfg.model, VOCAB, field_names=NAMES, sparse_optimizer="sgd").eval()
     schema = {"fields": [{"name": n, "vocab_size": v} for n, v in zip(NAMES, VOCAB)]}
@@ -165,6 +170,12 @@ def test_checkpoint_round_trip_and_predict(name, backend, tmp_path):
         torch.testing.assert_close(loaded(x)["logit"], model(x)["logit"], rtol=0, atol=0)
     got = predict_proba(loaded, x.numpy(), batch_size=7)     # batches of 7, 7, 6: row-independent
     np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("backend", ["reference", "torchrec"])
+def test_checkpoint_round_trip_and_predict(name, backend, tmp_path):
+    assert_checkpoint_round_trip(tiny_config(name, backend=backend), tmp_path)
 
 
 # The table keys of checkpoints written before the model zoo (read off that code: every key and shape of

@@ -2,7 +2,7 @@
 (docs/ARCHITECTURE.md "Model zoo"). `build_model` is the one factory training, evaluation and
 checkpoint loading use."""
 # Importing a model file registers the model (in this order: models.model_names()).
-from . import (afn, autoint, dcn, dcnv2, deepfm, dnn, dualmlp, edcn, eulernet, finalmlp, fm,  # noqa: F401
+from . import (afn, autoint, dcn, dcnv2, deepfm, dlf, dnn, dualmlp, edcn, eulernet, finalmlp, fm,  # noqa: F401
                lr, tf4ctr, widedeep, xdeepfm)
 from .base import CTRModel, ModelParams, ModelParts
 from .registry import (build_model, check_model_config, model_class, model_names, register, resolve_params,

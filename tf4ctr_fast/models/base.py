@@ -23,6 +23,10 @@ class ModelParams:
     def check(self, require: Callable[[bool, str, str], None]) -> None:
         """Call require(ok, key, what) per rule; a failed rule raises InputError naming the key."""
 
+    def check_with_shared(self, shared: ModelConfig, require: Callable[[bool, str, str], None]) -> None:
+        """Rules that also read the shared keys (model.*), e.g. a head count that must divide
+        model.embedding_dim; checked at config load like `check`."""
+
 
 def check_widths(require: Callable[[bool, str, str], None], params: ModelParams, *keys: str) -> None:
     """Every hidden width under these keys is at least 1."""

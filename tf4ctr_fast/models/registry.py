@@ -71,6 +71,7 @@ def resolve_params(cfg: ModelConfig) -> ModelParams:
                              f"got {getattr(params, key)!r}")
 
     params.check(require)
+    params.check_with_shared(cfg, require)
     return params
 
 

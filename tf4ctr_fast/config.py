@@ -112,6 +112,11 @@ class ModelConfig:
     #   (train.sparse_optimizer), with the L2 over the rows each batch looks up (docs/embedding.md).
     backend: str = "reference"     # "reference" | "torchrec"
     params: dict[str, Any] = field(default_factory=dict)
+    # The CTR loss (tf4ctr_fast.losses: bce, focal, rce, twin_focus); None: the model's own default (bce,
+    # twin_focus for TF4CTR and its plug-in presets). Its parameters: loss_params (focal: alpha, gamma;
+    # rce: alpha), checked against the loss's dataclass.
+    loss: Optional[str] = None
+    loss_params: dict[str, Any] = field(default_factory=dict)
     # Legacy aliases of model parameters (None: not set; see the class docstring).
     ssem: Optional[str] = None
     dfm: Optional[str] = None

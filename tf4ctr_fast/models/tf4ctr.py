@@ -52,7 +52,7 @@ class TwinModel(CTRModel):
     head: "reference" (op by op) or "fused" (tf4ctr_fast.ops.twin_head, one op)."""
 
     def __init__(self, parts: ModelParts, encoders: TwinEncoderParams, ssem: str, dfm: str, vf_tau: float,
-                 alpha: float, c: float, gamma: float, twin_focus: bool):
+                 alpha: float, c: float, gamma: float):
         super().__init__()
         cfg = parts.shared
         self.ssem = build_ssem(ssem, parts.fields.vocab_sizes, cfg.embedding_dim, cfg.batch_norm, cfg.net_dropout,
@@ -63,7 +63,6 @@ class TwinModel(CTRModel):
         self.head_s = xavier_linear(self.mlp_s.output_dim, 1)
         self.head_c = xavier_linear(self.mlp_c.output_dim, 1)
         self.dfm = build_dfm(dfm, self.mlp_s.output_dim, self.mlp_c.output_dim, vf_tau)
-        self.twin_focus = twin_focus
         self.alpha, self.c, self.gamma = alpha, c, gamma
         self.fused_head = cfg.head == "fused"
 
@@ -73,13 +72,19 @@ class TwinModel(CTRModel):
 
     def head(self, h_s: Tensor, h_c: Tensor, y: Optional[Tensor] = None) -> dict[str, Tensor]:
         """Everything after the encoders: {"logit", "z_s", "z_c"}, plus "loss" when labels are given."""
+        twin_focus = self.ctr_loss.twin
+        if self.ctr_loss.name not in ("bce", "twin_focus"):  # the head's ops know BCE on z (+ Twin Focus)
+            out = reference_head(h_s, h_c, self.head_s, self.head_c, self.dfm, None, self.alpha, self.c, self.gamma)
+            if y is not None:
+                out["loss"] = self.ctr_loss(out["logit"], y)
+            return out
         if self.fused_head:
             from ..ops import fused_head_from_modules  # lazy: loads the compiled kernels
 
             return fused_head_from_modules(h_s, h_c, self.head_s, self.head_c, self.dfm, y,
-                                           self.alpha, self.c, self.gamma, twin_focus=self.twin_focus)
+                                           self.alpha, self.c, self.gamma, twin_focus=twin_focus)
         return reference_head(h_s, h_c, self.head_s, self.head_c, self.dfm, y,
-                              self.alpha, self.c, self.gamma, twin_focus=self.twin_focus)
+                              self.alpha, self.c, self.gamma, twin_focus=twin_focus)
 
     def forward(self, x: ModelInput, y: Optional[Tensor] = None) -> dict[str, Tensor]:
         return self.head(*self.encode(x), y=y)
@@ -89,6 +94,8 @@ class TwinModel(CTRModel):
 class TF4CTR(TwinModel):
     """The SSEM and DFM of the config, trained with the Twin Focus loss."""
 
+    default_loss, twin = "twin_focus", True
+
     def __init__(self, params: TF4CTRParams, parts: ModelParts):
         super().__init__(parts, params, params.ssem, params.dfm, params.vf_tau,
-                         params.alpha, params.c, params.gamma, twin_focus=True)
+                         params.alpha, params.c, params.gamma)

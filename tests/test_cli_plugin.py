@@ -27,8 +27,20 @@ def test_train_a_preset_or_loss(tmp_path, overrides):
     assert main(["train", *args]) == 0
     result = json.loads((tmp_path / "run" / "results.json").read_text())
     assert 0.0 <= result["test"]["auc"] <= 1.0
-    recorded = (tmp_path / "run").glob("*.json")
-    assert any("loss_params" in p.read_text() for p in recorded)   # the resolved loss is recorded
+    first = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[0])
+    loss = next((o.split("=", 1)[1] for o in overrides if o.startswith("model.loss=")), None)
+    default = "twin_focus" if first["config"]["model"]["name"].startswith("TF4CTR") else "bce"
+    assert first["config"]["model"]["loss"] == (loss or default)   # the resolved loss is recorded
+
+
+def test_the_default_run_folder_names_a_set_loss():
+    from tf4ctr_fast.config import RunConfig
+
+    cfg = RunConfig()
+    cfg.model.name = "DeepFM"
+    assert cfg.resolved_out_dir().name == "synthetic_criteo_DeepFM_reference_fused_seed2023"
+    cfg.model.loss = "focal"
+    assert cfg.resolved_out_dir().name == "synthetic_criteo_DeepFM_reference_fused_focal_seed2023"
 
 
 def test_a_bad_loss_exits_2_naming_the_key(tmp_path, capsys):

@@ -154,7 +154,7 @@ class TrainConfig:
     # float32) | "auto" (bf16 where the device runs it fast); train/precision.py
     precision: str = "fp32"
     num_threads: int = 0           # per process; 0: torch's default (divided between train.nproc processes)
-    out_dir: str = ""              # default: runs/<dataset>_<model>_<backend>_<head>_seed<seed>
+    out_dir: str = ""              # default: runs/<dataset>_<model>_<backend>_<head>[_<loss>]_seed<seed>
     difficulty_thresholds: list[float] = field(default_factory=lambda: [0.3, 0.6])
     progress: bool = True
     # "auto": each split on the device (CUDA memory, or RAM on CPU) when it takes at most half of the
@@ -189,12 +189,16 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def resolved_out_dir(self) -> Path:
-        """train.out_dir, or runs/<dataset>_<model>_<backend>_<head>_seed<seed>: every key that
-        changes what a run learns has its part, so that runs differing in one never share a folder."""
+        """train.out_dir, or runs/<dataset>_<model>_<backend>_<head>[_<loss>]_seed<seed>: every key that
+        changes what a run learns has its part, so that runs differing in one never share a folder
+        (the loss only when model.loss is set: the folders of runs on the model's own loss keep their
+        names)."""
         if self.train.out_dir:
             return folder_path(self.train.out_dir, "train.out_dir")
         parts = {"dataset.name": self.dataset.name, "model.name": self.model.name,
                  "model.backend": self.model.backend, "model.head": self.model.head}
+        if self.model.loss:
+            parts["model.loss"] = self.model.loss
         name = "_".join(folder_name(value, key) for key, value in parts.items())
         return Path("runs") / f"{name}_seed{self.train.seed}"
 

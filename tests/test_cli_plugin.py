@@ -34,13 +34,18 @@ def test_train_a_preset_or_loss(tmp_path, overrides):
 
 
 def test_the_default_run_folder_names_a_set_loss():
-    from tf4ctr_fast.config import RunConfig
+    from tf4ctr_fast.config import RunConfig, load_config
 
     cfg = RunConfig()
     cfg.model.name = "DeepFM"
     assert cfg.resolved_out_dir().name == "synthetic_criteo_DeepFM_reference_fused_seed2023"
+    cfg.model.loss = "bce"       # its own loss, as load_config records it
+    assert cfg.resolved_out_dir().name == "synthetic_criteo_DeepFM_reference_fused_seed2023"
     cfg.model.loss = "focal"
     assert cfg.resolved_out_dir().name == "synthetic_criteo_DeepFM_reference_fused_focal_seed2023"
+    loaded = load_config(None, ["model.name=TF4CTR-DeepFM"])
+    assert loaded.model.loss == "twin_focus"
+    assert loaded.resolved_out_dir().name == "synthetic_criteo_TF4CTR-DeepFM_reference_fused_seed2023"
 
 
 def test_a_bad_loss_exits_2_naming_the_key(tmp_path, capsys):

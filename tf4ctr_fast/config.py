@@ -191,13 +191,15 @@ class RunConfig:
     def resolved_out_dir(self) -> Path:
         """train.out_dir, or runs/<dataset>_<model>_<backend>_<head>[_<loss>]_seed<seed>: every key that
         changes what a run learns has its part, so that runs differing in one never share a folder
-        (the loss only when model.loss is set: the folders of runs on the model's own loss keep their
-        names)."""
+        (the loss only when it is not the model's own: those runs keep the folders they had before
+        model.loss existed)."""
         if self.train.out_dir:
             return folder_path(self.train.out_dir, "train.out_dir")
         parts = {"dataset.name": self.dataset.name, "model.name": self.model.name,
                  "model.backend": self.model.backend, "model.head": self.model.head}
-        if self.model.loss:
+        from .models import model_class  # lazy: the models import this module
+
+        if self.model.loss and self.model.loss != model_class(self.model.name).default_loss:
             parts["model.loss"] = self.model.loss
         name = "_".join(folder_name(value, key) for key, value in parts.items())
         return Path("runs") / f"{name}_seed{self.train.seed}"

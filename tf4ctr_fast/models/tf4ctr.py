@@ -77,11 +77,11 @@ class TF4CTRParams(TwinEncoderParams):
         require(0 <= self.c <= 1, "c", "must be in [0, 1]")
         require(self.gamma >= 0, "gamma", "must be >= 0")
         require(self.vf_tau > 0, "vf_tau", "must be > 0")
-        blind = [side for side, (cls, _) in self.encoders().items() if not cls.reads_embedding] \
-            if all(getattr(self, f"{s}_encoder").get("name") in encoder_names() for s in SIDES) else []
-        # SER's and MoE's tables / experts for a side nobody reads would train nothing.
-        require(not blind or self.ssem in ("share", "GM"), "ssem",
-                "must be share or GM when an encoder reads no embedding (LR)")
+        if all(getattr(self, f"{side}_encoder").get("name") in encoder_names() for side in SIDES):
+            blind = any(not cls.reads_embedding for cls, _ in self.encoders().values())
+            # SER's and MoE's tables / experts for a side nobody reads would train nothing.
+            require(not blind or self.ssem in ("share", "GM"), "ssem",
+                    "must be share or GM when an encoder reads no embedding (LR)")
 
 
 class TwinModel(CTRModel):

@@ -71,13 +71,20 @@ def step(model, x, y):
     return out["loss"].detach(), out["logit"].detach(), grads, rows
 
 
+# Every preset the fused head takes, and the xDeepFM preset's CIN encoder without its wide logit.
+FUSABLE = {"TF4CTR": {}, "TF4CTR-DeepFM": {}, "TF4CTR-WideDeep": {},
+           "TF4CTR-xDeepFM-no-wide": {"wide_logit": False,
+                                      "simple_encoder": {"name": "CIN", "cin_hidden_units": [4], "output_dim": 6}}}
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dfm", FUSED_DFMS)
-@pytest.mark.parametrize("name", ["TF4CTR", "TF4CTR-DeepFM", "TF4CTR-WideDeep"])
-def test_fused_head_matches_op_by_op(name, dfm, backend):
+@pytest.mark.parametrize("case", list(FUSABLE))
+def test_fused_head_matches_op_by_op(case, dfm, backend):
     torch.manual_seed(0)
-    fused = perturbed(build(config(name, backend, "fused", dfm=dfm)))
-    ops = build(config(name, backend, "reference", dfm=dfm))
+    name = case.removesuffix("-no-wide")
+    fused = perturbed(build(config(name, backend, "fused", dfm=dfm, **FUSABLE[case])))
+    ops = build(config(name, backend, "reference", dfm=dfm, **FUSABLE[case]))
     copy_weights(fused, ops)
     assert fused.fused_head and not ops.fused_head
     x, y = batch()
@@ -147,6 +154,25 @@ def test_xdeepfm_preset_adds_the_wide_logit_to_the_fused_logit_only():
     torch.testing.assert_close(out["logit"], fused, rtol=1e-6, atol=1e-6)
 
 
+def test_cin_encoder_with_output_dim_is_the_linear_of_its_pooled_maps():
+    """output_dim: the authors' form, CIN's Linear to the complex MLP's last width."""
+    spec = {"name": "CIN", "cin_hidden_units": [4, 3], "output_dim": 8}
+    model = perturbed(build(config("TF4CTR-xDeepFM", simple_encoder=spec, dfm="CF"))).eval()
+    x, _ = batch(5)
+    with torch.no_grad():
+        h_s = model.encode(x)[0]
+        cin = model.cin_s.cin
+        emb = torch.stack([table(model, "easy", f)[x[:, f]] for f in range(len(VOCAB))], dim=1)
+        pooled, x_k = [], emb
+        for conv in cin.layers:   # the CIN recursion, written out
+            outer = (emb[:, :, None, :] * x_k[:, None, :, :]).reshape(B, -1, emb.shape[-1])
+            x_k = conv(outer)
+            pooled.append(x_k.sum(-1))
+        want = cin.fc(torch.cat(pooled, dim=-1))
+    assert h_s.shape == (B, 8)
+    torch.testing.assert_close(h_s, want, rtol=1e-5, atol=1e-6)
+
+
 def test_plain_tf4ctr_is_unchanged_by_the_encoder_keys():
     torch.manual_seed(5)
     plain = build(config("TF4CTR"))
@@ -192,9 +218,11 @@ def test_a_non_twin_loss_replaces_the_whole_loss_of_a_twin_model(name, loss):
 @pytest.mark.parametrize("params,match", [
     ({"simple_encoder": {"name": "GBDT"}}, r"'model\.params\.simple_encoder': 'name' must be one of MLP, LR, FM, CIN, got \{'name': 'GBDT'\}"),
     ({"complex_encoder": {"name": "CIN", "depth": 2}},
-     r"'model\.params\.complex_encoder\.depth' is unknown for encoder CIN \(its keys: cin_hidden_units\)"),
+     r"'model\.params\.complex_encoder\.depth' is unknown for encoder CIN \(its keys: cin_hidden_units, output_dim\)"),
     ({"simple_encoder": {"name": "CIN", "cin_hidden_units": []}},
      r"'model\.params\.simple_encoder\.cin_hidden_units': must be a non-empty list"),
+    ({"simple_encoder": {"name": "CIN", "output_dim": 0}},
+     r"'model\.params\.simple_encoder\.output_dim': must be unset or at least 1 \(encoder CIN\), got 0"),
     ({"simple_encoder": {"name": "FM", "k": 1}}, r"'model\.params\.simple_encoder\.k' is unknown for encoder FM"),
     ({"simple_encoder": {}}, r"'model\.params\.simple_encoder': 'name' must be one of"),
     ({"ssem": "SER"}, r"'model\.params\.ssem': must be share or GM when an encoder reads no embedding"),

@@ -10,7 +10,8 @@ Config: `model.params.simple_encoder` / `complex_encoder`, a mapping {name: <enc
           (DeepFM's FM; the authors' plug-in sums the pair term over the batch, REFERENCE.md
           "Our decisions" 2)
     CIN   xDeepFM's CIN over the side's embedding, its pooled feature maps (width sum of
-          cin_hidden_units, the body without CIN's Linear); key cin_hidden_units [16, 16, 16]
+          cin_hidden_units, the body without CIN's Linear); keys cin_hidden_units [16, 16, 16],
+          output_dim (unset; a width: CIN's Linear to it, as the authors' xDeepFM plug-in)
 
 Add one with `register_encoder` (docs/plugin.md has a user's own encoder in 20 lines):
 
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping, Optional
 
 from torch import Tensor, nn
 
@@ -175,21 +176,26 @@ class FMEncoder(TwinEncoder):
 @dataclass
 class CINKeys(EncoderParams):
     cin_hidden_units: list[int] = field(default_factory=lambda: [16, 16, 16])
+    # None: the pooled maps are h. A width: CIN's Linear to that width is h (the authors' xDeepFM plug-in
+    # maps to the complex MLP's last width).
+    output_dim: Optional[int] = None
 
     def check(self, require) -> None:
         require(bool(self.cin_hidden_units) and all(u >= 1 for u in self.cin_hidden_units), "cin_hidden_units",
                 "must be a non-empty list of widths >= 1")
+        require(self.output_dim is None or self.output_dim >= 1, "output_dim", "must be unset or at least 1")
 
 
 @register_encoder("CIN", CINKeys)
 class CINEncoder(TwinEncoder):
-    """xDeepFM's CIN over e, its pooled feature maps: [B, sum(cin_hidden_units)]."""
+    """xDeepFM's CIN over e: its pooled feature maps [B, sum(cin_hidden_units)], or their Linear to
+    output_dim."""
 
     prefix = "cin"
 
     def __init__(self, params: CINKeys, inp: EncoderInput):
         super().__init__()
-        self.cin = CompressedInteractionNet(inp.num_fields, params.cin_hidden_units, output_dim=None)
+        self.cin = CompressedInteractionNet(inp.num_fields, params.cin_hidden_units, output_dim=params.output_dim)
         reset_linear_layers_(self.cin)
         self.field_dim, self.output_dim = inp.field_dim, self.cin.output_dim
 

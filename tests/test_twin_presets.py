@@ -12,6 +12,7 @@ warnings.filterwarnings("ignore", message=".*is_fx_tracing.*")
 
 from tf4ctr_fast.config import ModelConfig  # noqa: E402
 from tf4ctr_fast.errors import InputError  # noqa: E402
+from tf4ctr_fast.layers.cross import CrossNetMix  # noqa: E402
 from tf4ctr_fast.models import build_model, copy_weights  # noqa: E402
 
 try:
@@ -173,6 +174,28 @@ def test_cin_encoder_with_output_dim_is_the_linear_of_its_pooled_maps():
     torch.testing.assert_close(h_s, want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("spec", [{"name": "CrossNet", "num_cross_layers": 2},
+                                  {"name": "CrossNetV2", "num_cross_layers": 2},
+                                  {"name": "CrossNetV2", "use_low_rank_mixture": True, "low_rank": 3,
+                                   "num_experts": 2, "num_cross_layers": 2}])
+def test_cross_network_encoders_are_the_cross_recursions(spec):
+    model = perturbed(build(config("TF4CTR", simple_encoder=spec))).eval()
+    x, _ = batch(7)
+    with torch.no_grad():
+        h_s = model.encode(x)[0]
+        e = torch.cat([table(model, "easy", f)[x[:, f]] for f in range(len(VOCAB))], dim=-1)
+        x_l, cross = e, model.crossnet_s.crossnet
+        if spec.get("use_low_rank_mixture"):   # DCNv2's mixture, its own recursion tested with DCNv2
+            assert isinstance(cross, CrossNetMix) and len(cross.u) == 2 and cross.u[0].shape == (2, e.shape[1], 3)
+            x_l = cross(e)
+        else:                                  # written out: x_{l+1} = x_l + x_0 * (...)
+            for layer in cross.layers:
+                x_l = x_l + (e * (x_l @ layer.weight.weight.T) + layer.bias if spec["name"] == "CrossNet"
+                             else e * layer(x_l))
+    assert h_s.shape == e.shape
+    torch.testing.assert_close(h_s, x_l, rtol=1e-5, atol=1e-6)
+
+
 def test_plain_tf4ctr_is_unchanged_by_the_encoder_keys():
     torch.manual_seed(5)
     plain = build(config("TF4CTR"))
@@ -216,7 +239,7 @@ def test_a_non_twin_loss_replaces_the_whole_loss_of_a_twin_model(name, loss):
 
 
 @pytest.mark.parametrize("params,match", [
-    ({"simple_encoder": {"name": "GBDT"}}, r"'model\.params\.simple_encoder': 'name' must be one of MLP, LR, FM, CIN, got \{'name': 'GBDT'\}"),
+    ({"simple_encoder": {"name": "GBDT"}}, r"'model\.params\.simple_encoder': 'name' must be one of MLP, LR, FM, CIN, CrossNet, CrossNetV2, got \{'name': 'GBDT'\}"),
     ({"complex_encoder": {"name": "CIN", "depth": 2}},
      r"'model\.params\.complex_encoder\.depth' is unknown for encoder CIN \(its keys: cin_hidden_units, output_dim\)"),
     ({"simple_encoder": {"name": "CIN", "cin_hidden_units": []}},

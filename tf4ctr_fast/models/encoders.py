@@ -12,6 +12,10 @@ Config: `model.params.simple_encoder` / `complex_encoder`, a mapping {name: <enc
     CIN   xDeepFM's CIN over the side's embedding, its pooled feature maps (width sum of
           cin_hidden_units, the body without CIN's Linear); keys cin_hidden_units [16, 16, 16],
           output_dim (unset; a width: CIN's Linear to it, as the authors' xDeepFM plug-in)
+    CrossNet    DCN's cross network over the side's embedding, its last x_l (width of e); key
+                num_cross_layers 3
+    CrossNetV2  DCNv2's (full rank, or the low-rank mixture); keys num_cross_layers 3,
+                use_low_rank_mixture false, low_rank 32, num_experts 4
 
 Add one with `register_encoder` (docs/plugin.md has a user's own encoder in 20 lines):
 
@@ -31,6 +35,7 @@ from torch import Tensor, nn
 from ..config import from_mapping
 from ..errors import InputError
 from ..layers.cin import CompressedInteractionNet
+from ..layers.cross import CrossNet, CrossNetMix, CrossNetV2
 from ..layers.init import reset_linear_layers_
 from ..layers.mlp import MLPBlock
 from ..layers.shallow import LogisticRegression, fm_second_order
@@ -201,3 +206,54 @@ class CINEncoder(TwinEncoder):
 
     def forward(self, e: Tensor, tables: dict[str, Tensor]) -> Tensor:
         return self.cin(by_field(e, self.field_dim))
+
+
+@dataclass
+class CrossKeys(EncoderParams):
+    num_cross_layers: int = 3
+
+    def check(self, require) -> None:
+        require(self.num_cross_layers >= 1, "num_cross_layers", "must be at least 1")
+
+
+@dataclass
+class CrossV2Keys(CrossKeys):
+    use_low_rank_mixture: bool = False
+    low_rank: int = 32
+    num_experts: int = 4
+
+    def check(self, require) -> None:
+        super().check(require)
+        require(self.low_rank >= 1, "low_rank", "must be at least 1")
+        require(self.num_experts >= 1, "num_experts", "must be at least 1")
+
+
+@register_encoder("CrossNet", CrossKeys)
+class CrossNetEncoder(TwinEncoder):
+    """DCN's cross network over e: its last x_l, [B, width]."""
+
+    prefix = "crossnet"
+
+    def __init__(self, params: CrossKeys, inp: EncoderInput):
+        super().__init__()
+        self.crossnet = self.cross_network(params, inp.width)
+        reset_linear_layers_(self.crossnet)   # as DCN / DCNv2 initialise theirs
+        self.output_dim = inp.width
+
+    @staticmethod
+    def cross_network(params: CrossKeys, width: int) -> nn.Module:
+        return CrossNet(width, params.num_cross_layers)
+
+    def forward(self, e: Tensor, tables: dict[str, Tensor]) -> Tensor:
+        return self.crossnet(e)
+
+
+@register_encoder("CrossNetV2", CrossV2Keys)
+class CrossNetV2Encoder(CrossNetEncoder):
+    """DCNv2's cross network over e (full rank or its low-rank mixture): its last x_l, [B, width]."""
+
+    @staticmethod
+    def cross_network(params: CrossV2Keys, width: int) -> nn.Module:
+        if params.use_low_rank_mixture:
+            return CrossNetMix(width, params.num_cross_layers, params.low_rank, params.num_experts)
+        return CrossNetV2(width, params.num_cross_layers)

@@ -25,12 +25,12 @@ ALPHA = 0.25
 PROJECTIONS = {0: 1, 1: 1, 2: 2, 3: 5}  # fusion code (sum, WSF, CF, MoEF) -> projections per branch
 
 
-def make_inputs(fusion: int, batch: int, seed: int, scale: float = 0.3):
+def make_inputs(fusion: int, batch: int, seed: int, scale: float = 0.3, hs: int = HS):
     """The kernel's packed inputs (layout: kernels/twin_head.cpp header), float32 on DEVICE."""
     g = torch.Generator().manual_seed(seed)
     k = PROJECTIONS[fusion]
-    ts = [torch.randn(batch, HS, generator=g), torch.randn(batch, HC, generator=g),
-          scale * torch.randn(k, HS, generator=g), scale * torch.randn(k, HC, generator=g),
+    ts = [torch.randn(batch, hs, generator=g), torch.randn(batch, HC, generator=g),
+          scale * torch.randn(k, hs, generator=g), scale * torch.randn(k, HC, generator=g),
           scale * torch.randn(k, generator=g), scale * torch.randn(k, generator=g),
           torch.tensor([0.4, 0.7]), (torch.rand(batch, generator=g) < 0.4).float()]
     return [t.to(DEVICE) for t in ts]
@@ -89,6 +89,14 @@ def test_float32_matches_reference(fusion):
         got = run_kernels(inputs, c, gamma, fusion)
         assert got[0].dtype == got[1].dtype == torch.float32
         assert_outputs_close(got, reference_outputs(inputs, c, gamma, fusion), rtol=1e-5)
+
+
+@pytest.mark.parametrize("fusion", [0, 1, 2, 3])
+def test_width_one_simple_encoder(fusion):
+    """The TF4CTR-DeepFM / -WideDeep presets hand the head h_s of width 1 (an FM / LR output)."""
+    inputs = make_inputs(fusion, 37, seed=fusion, hs=1)
+    assert_outputs_close(run_kernels(inputs, 0.7, 2.0, fusion), reference_outputs(inputs, 0.7, 2.0, fusion),
+                         rtol=1e-5)
 
 
 def test_grad_output_scales_every_gradient():

@@ -112,6 +112,11 @@ class ModelConfig:
     #   (train.sparse_optimizer), with the L2 over the rows each batch looks up (docs/embedding.md).
     backend: str = "reference"     # "reference" | "torchrec"
     params: dict[str, Any] = field(default_factory=dict)
+    # The CTR loss (tf4ctr_fast.losses: bce, focal, rce, twin_focus); None: the model's own default (bce,
+    # twin_focus for TF4CTR and its plug-in presets). Its parameters: loss_params (focal: alpha, gamma;
+    # rce: alpha), checked against the loss's dataclass.
+    loss: Optional[str] = None
+    loss_params: dict[str, Any] = field(default_factory=dict)
     # Legacy aliases of model parameters (None: not set; see the class docstring).
     ssem: Optional[str] = None
     dfm: Optional[str] = None
@@ -149,7 +154,7 @@ class TrainConfig:
     # float32) | "auto" (bf16 where the device runs it fast); train/precision.py
     precision: str = "fp32"
     num_threads: int = 0           # per process; 0: torch's default (divided between train.nproc processes)
-    out_dir: str = ""              # default: runs/<dataset>_<model>_<backend>_<head>_seed<seed>
+    out_dir: str = ""              # default: runs/<dataset>_<model>_<backend>_<head>[_<loss>]_seed<seed>
     difficulty_thresholds: list[float] = field(default_factory=lambda: [0.3, 0.6])
     progress: bool = True
     # "auto": each split on the device (CUDA memory, or RAM on CPU) when it takes at most half of the
@@ -184,12 +189,18 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def resolved_out_dir(self) -> Path:
-        """train.out_dir, or runs/<dataset>_<model>_<backend>_<head>_seed<seed>: every key that
-        changes what a run learns has its part, so that runs differing in one never share a folder."""
+        """train.out_dir, or runs/<dataset>_<model>_<backend>_<head>[_<loss>]_seed<seed>: every key that
+        changes what a run learns has its part, so that runs differing in one never share a folder
+        (the loss only when it is not the model's own: those runs keep the folders they had before
+        model.loss existed)."""
         if self.train.out_dir:
             return folder_path(self.train.out_dir, "train.out_dir")
         parts = {"dataset.name": self.dataset.name, "model.name": self.model.name,
                  "model.backend": self.model.backend, "model.head": self.model.head}
+        from .models import model_class  # lazy: the models import this module
+
+        if self.model.loss and self.model.loss != model_class(self.model.name).default_loss:
+            parts["model.loss"] = self.model.loss
         name = "_".join(folder_name(value, key) for key, value in parts.items())
         return Path("runs") / f"{name}_seed{self.train.seed}"
 

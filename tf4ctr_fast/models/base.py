@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from ..config import ModelConfig
 from ..features import ModelInput
 from ..layers.embedding import FieldTables, InputFields, TableSettings, build_field_tables
-from ..reference.loss import logloss
+from ..losses import BCELoss, CTRLoss, LossParams
 
 
 @dataclass
@@ -69,11 +69,19 @@ class CTRModel(nn.Module):
 
     x: ids [B, F], or tf4ctr_fast.features.Features when the model has multi-valued fields.
     A subclass builds its layers in __init__(params, parts) and implements `logit(x)`; a model with
-    another loss overrides `forward`.
+    another loss overrides `forward`. The CTR loss is `ctr_loss` (config model.loss, tf4ctr_fast.losses),
+    given by build_model through `use_loss`; `default_loss` names the model's own.
     """
 
     name: ClassVar[str]              # set by models.registry.register
     Params: ClassVar[type]
+    default_loss: ClassVar[str] = "bce"
+    twin: ClassVar[bool] = False     # has auxiliary logits z_s, z_c (what the twin_focus loss needs)
+    ctr_loss: CTRLoss = BCELoss(LossParams())
+
+    def use_loss(self, loss: CTRLoss) -> None:
+        """Train on `loss` (build_model calls this once, right after the constructor)."""
+        self.ctr_loss = loss
 
     def logit(self, x: ModelInput) -> Tensor:
         raise NotImplementedError
@@ -81,7 +89,7 @@ class CTRModel(nn.Module):
     def forward(self, x: ModelInput, y: Optional[Tensor] = None) -> dict[str, Tensor]:
         out = {"logit": self.logit(x)}
         if y is not None:
-            out["loss"] = logloss(out["logit"], y)
+            out["loss"] = self.ctr_loss(out["logit"], y)
         return out
 
     def loss(self, x: ModelInput, y: Tensor) -> dict[str, Tensor]:

@@ -20,6 +20,7 @@ from ..config import LEGACY_MODEL_KEYS, ModelConfig, from_mapping
 from ..errors import InputError
 from ..features import BagField
 from ..layers.embedding import BACKENDS, InputFields, TableSettings
+from ..losses import LOSSES, CTRLoss, build_loss, loss_rules_rows
 from .base import CTRModel, ModelParams, ModelParts
 
 HEAD_NAMES = ("reference", "fused")
@@ -81,6 +82,8 @@ def _shared_rules(cfg: ModelConfig, require: Callable[[bool, str, str], None]) -
     require(cfg.emb_reg >= 0, "emb_reg", "must be >= 0")
     require(cfg.head in HEAD_NAMES, "head", f"must be one of {', '.join(HEAD_NAMES)}")
     require(cfg.backend in BACKENDS, "backend", f"must be one of {', '.join(BACKENDS)}")
+    require(cfg.loss is None or cfg.loss in LOSSES, "loss",
+            f"must be one of {', '.join(LOSSES)}, or unset: the model's own (twin_focus for TF4CTR*, else bce)")
 
 
 def check_shared_keys(cfg: ModelConfig) -> None:
@@ -111,21 +114,34 @@ def model_rules_table() -> str:
         params, rules = cls.Params(), []
         params.check(noted(rules))
         rows += [f"| `model.params.{key}` | {name} | {what} | `{getattr(params, key)!r}` |" for key, what in rules]
+    rows += loss_rules_rows()
     return "\n".join(rows) + "\n"
+
+
+def resolve_loss(cfg: ModelConfig) -> CTRLoss:
+    """model.loss (the model's default_loss when unset) with model.loss_params, checked."""
+    cls = model_class(cfg.name)
+    return build_loss(cfg.loss or cls.default_loss, cfg.loss_params, twin_model=cls.twin, model_name=cfg.name)
 
 
 def check_model_config(cfg: ModelConfig) -> ModelParams:
     """Everything about model.* that can be checked without data; returns the resolved parameters."""
     model_class(cfg.name)
     check_shared_keys(cfg)
-    return resolve_params(cfg)
+    params = resolve_params(cfg)
+    resolve_loss(cfg)
+    return params
 
 
 def resolved_model_config(cfg: ModelConfig) -> ModelConfig:
     """cfg with every parameter of its model under `params` (defaults filled in, legacy keys moved
-    there, the ones the model does not have dropped): what the run log and checkpoints record."""
+    there, the ones the model does not have dropped) and its loss named: what the run log and
+    checkpoints record."""
     params = check_model_config(cfg)
-    return dataclasses.replace(cfg, params=dataclasses.asdict(params), **{key: None for key in LEGACY_MODEL_KEYS})
+    loss = resolve_loss(cfg)
+    return dataclasses.replace(cfg, params=dataclasses.asdict(params), loss=loss.name,
+                               loss_params=dataclasses.asdict(loss.params),
+                               **{key: None for key in LEGACY_MODEL_KEYS})
 
 
 def build_model(cfg: ModelConfig, vocab_sizes: Sequence[int], bag_fields: Sequence[BagField] = (), *,
@@ -144,4 +160,6 @@ def build_model(cfg: ModelConfig, vocab_sizes: Sequence[int], bag_fields: Sequen
                              sparse_lr=sparse_lr, sparse_eps=sparse_eps,
                              device=torch.device(device) if device is not None else None, fused=fused)
     parts = ModelParts(cfg, InputFields.of(vocab_sizes, field_names, bag_fields), settings)
-    return model_class(cfg.name)(params, parts).to(settings.device)
+    model = model_class(cfg.name)(params, parts)
+    model.use_loss(resolve_loss(cfg))
+    return model.to(settings.device)

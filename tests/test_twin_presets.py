@@ -72,10 +72,15 @@ def step(model, x, y):
     return out["loss"].detach(), out["logit"].detach(), grads, rows
 
 
+# DLF's network at toy sizes (models/dlf.py DLFEncoder), with attention tokens: 2 heads over d = 8
+SMALL_DLF = {"name": "DLF", "num_layers": 2, "lcb_tokens": 3, "fmb_tokens": 2, "rank": 3, "attention": "cross",
+             "attention_tokens": 2, "block_hidden_units": [8]}
+
 # Every preset the fused head takes, and the xDeepFM preset's CIN encoder without its wide logit.
 FUSABLE = {"TF4CTR": {}, "TF4CTR-DeepFM": {}, "TF4CTR-WideDeep": {},
            "TF4CTR-xDeepFM-no-wide": {"wide_logit": False,
-                                      "simple_encoder": {"name": "CIN", "cin_hidden_units": [4], "output_dim": 6}}}
+                                      "simple_encoder": {"name": "CIN", "cin_hidden_units": [4], "output_dim": 6}},
+           "TF4CTR-DLF": {"complex_encoder": SMALL_DLF}}
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -266,3 +271,22 @@ def test_presets_defaults():
     assert (widedeep.ssem, widedeep.simple_encoder, widedeep.wide_logit) == ("share", {"name": "LR"}, False)
     assert (xdeepfm.ssem, xdeepfm.simple_encoder, xdeepfm.wide_logit) == ("SER", {"name": "CIN"}, True)
     assert copy.deepcopy(deepfm) == deepfm
+
+
+def test_dlf_encoder_is_dlfs_network_on_the_hard_embedding():
+    """TF4CTR-DLF's complex side: DLF's stack over the SER hard embedding read as [B, F, d] tokens."""
+    from tf4ctr_fast.models.dlf import DLFEncoder
+
+    model = build(config("TF4CTR-DLF", complex_encoder=SMALL_DLF)).eval()
+    assert isinstance(model.dlf_c, DLFEncoder)
+    # (2 fmb + lcb + att) tokens of the hard side's d = 8
+    assert model.dlf_c.output_dim == (2 * 2 + 3 + 2) * D
+    x = batch()[0]
+    _, h_c, _ = model.encode(x)
+    _, hard, *_ = model.ssem(x)
+    torch.testing.assert_close(h_c, model.dlf_c.stack(hard.view(B, len(VOCAB), D)))
+
+
+def test_dlf_encoder_heads_must_divide_the_field_dim():
+    with pytest.raises(InputError, match="num_heads"):
+        build(config("TF4CTR-DLF", complex_encoder={**SMALL_DLF, "num_heads": 3}))

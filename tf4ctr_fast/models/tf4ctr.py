@@ -224,3 +224,14 @@ class TF4CTRWideDeep(TF4CTR):
 @register("TF4CTR-xDeepFM", TF4CTRxDeepFMParams)
 class TF4CTRxDeepFM(TF4CTR):  # noqa: N801
     """Simple = CIN on the easy embedding, complex = MLP, + a bias-free LR logit on the fused logit."""
+
+
+@dataclass
+class TF4CTRDLFParams(TF4CTRParams):
+    complex_encoder: dict[str, Any] = field(default_factory=lambda: {"name": "DLF"})
+
+
+@register("TF4CTR-DLF", TF4CTRDLFParams)
+class TF4CTRDLF(TF4CTR):
+    """Simple = MLP on the easy embedding, complex = DLF's network on the hard one (a combination
+    neither paper has: issue "DLF")."""

@@ -244,7 +244,7 @@ def test_a_non_twin_loss_replaces_the_whole_loss_of_a_twin_model(name, loss):
 
 
 @pytest.mark.parametrize("params,match", [
-    ({"simple_encoder": {"name": "GBDT"}}, r"'model\.params\.simple_encoder': 'name' must be one of MLP, LR, FM, CIN, CrossNet, CrossNetV2, got \{'name': 'GBDT'\}"),
+    ({"simple_encoder": {"name": "GBDT"}}, r"'model\.params\.simple_encoder': 'name' must be one of MLP, LR, FM, CIN, CrossNet, CrossNetV2, DLF, got \{'name': 'GBDT'\}"),
     ({"complex_encoder": {"name": "CIN", "depth": 2}},
      r"'model\.params\.complex_encoder\.depth' is unknown for encoder CIN \(its keys: cin_hidden_units, output_dim\)"),
     ({"simple_encoder": {"name": "CIN", "cin_hidden_units": []}},

@@ -108,8 +108,8 @@ class DLFEncoder(TwinEncoder):
 
         def require(ok: bool, key: str, what: str) -> None:
             if not ok:
-                raise InputError(f"config key 'model.params.<side>_encoder.{key}': {what} (encoder DLF), "
-                                 f"got {getattr(params, key)!r}")
+                raise InputError(f"config key 'model.params.simple_encoder' / 'complex_encoder' {{name: DLF}}, "
+                                 f"key '{key}': {what}, got {getattr(params, key)!r}")
 
         params.check_token_dim(inp.field_dim, "the side's embedding dim per field", require)
         self.field_dim = inp.field_dim

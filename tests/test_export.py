@@ -8,6 +8,7 @@ AOTInductor compiles C++ (a minute per model on a busy 2-core CPU): TF4CTR (thro
 and DCNv2 are compiled here; every model's compile is marked slow."""
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -281,3 +282,23 @@ def test_artifact_runs_with_torch_alone_and_equals_eager(exported, tmp_path):
     for part, expected in zip(np.split(got, [40, 41, 81]), (want, want[:1], want, want[:1])):
         np.testing.assert_allclose(part, expected, rtol=0, atol=TOL)
     assert want.std() > 1e-4
+
+
+def test_csv_ids_run_with_keep_columns_predicts_the_same_from_its_export(tmp_path, capsys):
+    """The integer-id CSV reader (no codec: the raw integers are the keys) and keep columns."""
+    from test_cli import TINY_MODEL, write_ids_csv, write_planted_run
+
+    config = write_planted_run(tmp_path)
+    assert main(["train", "--config", str(config), *TINY_MODEL, "train.epochs=1", "model.backend=torchrec"]) == 0
+    assert main(["export", "--checkpoint", str(tmp_path / "run"), "--output", str(tmp_path / "export"),
+                 "--no-aoti"]) == 0
+    new = tmp_path / "new.csv"
+    write_ids_csv(new, [[0, 100, 1], [999, 100, 0], [3, 129, 2], [3, -5, 7]], header=("user", "item", "ctx"))
+    for source, out in (("--checkpoint", "run"), ("--model", "export")):
+        assert main(["predict", source, str(tmp_path / out), "--input", str(new),
+                     "--output", str(tmp_path / f"{out}.csv")]) == 0
+    got, want = (list(csv.reader(open(tmp_path / f"{n}.csv"))) for n in ("export", "run"))
+    assert got[0] == want[0] == ["user", "item", "score"]
+    assert [r[:2] for r in got] == [r[:2] for r in want]
+    np.testing.assert_allclose([float(r[2]) for r in got[1:]], [float(r[2]) for r in want[1:]], rtol=0, atol=1.01e-6)
+    assert len({r[2] for r in got[1:]}) > 1

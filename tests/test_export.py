@@ -302,3 +302,22 @@ def test_csv_ids_run_with_keep_columns_predicts_the_same_from_its_export(tmp_pat
     assert [r[:2] for r in got] == [r[:2] for r in want]
     np.testing.assert_allclose([float(r[2]) for r in got[1:]], [float(r[2]) for r in want[1:]], rtol=0, atol=1.01e-6)
     assert len({r[2] for r in got[1:]}) > 1
+
+
+def test_exported_model_scores_a_split_with_bags_in_batches(tmp_path):
+    """predict --model's batching: each batch's slice of the bags, offsets rebased (batch 5 of 33 rows)."""
+    from types import SimpleNamespace
+
+    from tf4ctr_fast.export import ExportedModel
+
+    model, cfg = trained_like("DCNv2")
+    save_checkpoint(tmp_path / "best.pt", model, cfg, schema_of(BAGS), epoch=3, metrics={})
+    out = export_checkpoint(tmp_path / "best.pt", tmp_path / "export", aoti=False)
+    x, _ = batch(7, with_bags=True, n=33)
+    values, offsets = x.bags["tags"]
+    split = SimpleNamespace(ids=x.ids.numpy().astype(np.int32),
+                            multi_valued={"tags": (values.numpy().astype(np.int32), offsets.numpy())})
+    exported = ExportedModel(out)
+    assert exported.manifest["model"]["epoch"] == 3
+    assert [i["name"] for i in exported.manifest["inputs"]] == ["ids", "tags.values", "tags.offsets"]
+    np.testing.assert_allclose(exported.predict(split, 5), eager_probabilities(model, x).numpy(), rtol=0, atol=TOL)

@@ -57,6 +57,8 @@ The input is read like the training data, by the format and the vocabularies sav
 Values never seen in training (or seen fewer than min_count times) map to the OOV id. A bad row stops
 the command naming file:line, unless the training schema says on_bad_row: skip (then it is dropped and
 counted, and the output has fewer lines: align on a keep column). Labels: see --no-label.
+With --model EXPORT_DIR (from `tf4ctr-fast export`) the rows are read the same way, encoded with the
+export's vocabularies and scored by its model.pt2: the same output (docs/serving.md).
 """
 
 

@@ -1,4 +1,4 @@
-"""`tf4ctr-fast`: prepare | train | evaluate | predict | sweep.
+"""`tf4ctr-fast`: prepare | train | evaluate | predict | sweep | export.
 
 With no config the commands run the embedded default: synthetic Criteo-schema data and TF4CTR (SER +
 WSF) with the published Criteo settings, trained a short while. Any config key can be overridden as
@@ -58,6 +58,18 @@ The input is read like the training data, by the format and the vocabularies sav
 Values never seen in training (or seen fewer than min_count times) map to the OOV id. A bad row stops
 the command naming file:line, unless the training schema says on_bad_row: skip (then it is dropped and
 counted, and the output has fewer lines: align on a keep column). Labels: see --no-label.
+With --model EXPORT_DIR (from `tf4ctr-fast export`) the rows are read the same way, encoded with the
+export's vocabularies and scored by its model.pt2: the same output (docs/serving.md).
+"""
+
+
+EXPORT_DESCRIPTION = """\
+Write a trained model as a serving folder: model.pt2 (torch.export program: ids int64 [batch, fields]
+in the prepared field order, plus values and offsets per multi-valued field -> click probabilities
+float32 [batch]; loads with torch.export.load, no tf4ctr_fast needed), model_aoti.pt2 (the same program
+compiled by AOTInductor for this machine, for Python or C++), the vocabularies as sorted int64 keys
+(vocab_keys.npy, vocab_offsets.npy) and manifest.json. Ids outside a field's table score as OOV.
+Both backends export; torchrec tables are converted to plain tables. See docs/serving.md.
 """
 
 
@@ -122,7 +134,11 @@ def _parser() -> argparse.ArgumentParser:
     p_pred = sub.add_parser("predict", help="score a file laid out like the training data; writes the "
                             "keep columns beside the scores", description=PREDICT_DESCRIPTION,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    p_pred.add_argument("--checkpoint", required=True, help="checkpoint file or run folder")
+    model_source = p_pred.add_mutually_exclusive_group(required=True)
+    model_source.add_argument("--checkpoint", help="checkpoint file or run folder")
+    model_source.add_argument("--model", metavar="EXPORT_DIR",
+                              help="a folder written by `tf4ctr-fast export` (scores with its model.pt2 and "
+                                   "vocabularies; no checkpoint needed)")
     p_pred.add_argument("--input", required=True,
                         help="file (.gz ok) in the training data's format and columns; the label may be missing")
     p_pred.add_argument("--output", required=True, help="CSV to write: the keep columns, then score")
@@ -131,7 +147,15 @@ def _parser() -> argparse.ArgumentParser:
                              "a headerless csv, libfm rows of features only); with a header it is detected")
     p_pred.add_argument("--batch-size", type=int, default=65536, help="rows scored at once (default 65536)")
     p_pred.add_argument("--quiet", action="store_true", help="no progress bars and no summary line")
-    p_pred.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    p_pred.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda "
+                        "(--checkpoint only: an export runs on the CPU)")
+    p_export = sub.add_parser("export", help="a checkpoint as a serving folder: torch.export program, "
+                              "AOTInductor package, vocabularies, manifest (docs/serving.md)",
+                              description=EXPORT_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p_export.add_argument("--checkpoint", required=True, help="checkpoint file or run folder")
+    p_export.add_argument("--output", required=True, help="folder to write (replaced only if it is an export)")
+    p_export.add_argument("--no-aoti", action="store_true",
+                          help="skip model_aoti.pt2 (the AOTInductor compile takes a minute or more on a CPU)")
     return parser
 
 
@@ -223,12 +247,22 @@ def cmd_evaluate(args) -> dict:
     return metrics
 
 
+def cmd_export(args) -> Path:
+    from .export import export_checkpoint
+
+    out = export_checkpoint(args.checkpoint, args.output, aoti=not args.no_aoti)
+    print(f"exported {args.checkpoint} -> {out}")
+    return out
+
+
 def cmd_predict(args) -> Path:
     from .train.checkpoint import load_checkpoint, resolve_checkpoint
     from .train.trainer import predict_proba, resolve_device
 
     if args.batch_size < 1:
         raise InputError(f"--batch-size: must be >= 1, got {args.batch_size}")
+    if args.model:
+        return _predict_exported(args)
     device = resolve_device(args.device, "--device")
     checkpoint = resolve_checkpoint(args.checkpoint)
     _check_output(Path(args.output), {"--input": Path(args.input), "--checkpoint": checkpoint})
@@ -236,9 +270,27 @@ def cmd_predict(args) -> Path:
     with _rows_to_score(args, schema) as (rows, keep_names):
         scores = predict_proba(model, rows, args.batch_size, device, loader=cfg.train.loader)
         _write_scores(Path(args.output), keep_names, rows.keep, scores)
+    _summary(args, scores)
+    return Path(args.output)
+
+
+def _predict_exported(args) -> Path:
+    """predict --model: the rows encoded with the export's vocabularies, scored by its model.pt2."""
+    from .export import ExportedModel
+
+    exported = ExportedModel(args.model)
+    _check_output(Path(args.output), {"--input": Path(args.input)})
+    vocabs = exported.vocabularies()
+    with _rows_to_score(args, exported.schema, vocabs) as (rows, keep_names):
+        scores = exported.predict(rows, args.batch_size)
+        _write_scores(Path(args.output), keep_names, rows.keep, scores)
+    _summary(args, scores)
+    return Path(args.output)
+
+
+def _summary(args, scores: np.ndarray) -> None:
     if not args.quiet:
         print(f"wrote {len(scores)} scores to {args.output} (mean {float(np.mean(scores)):.4f})")
-    return Path(args.output)
 
 
 def _check_output(output: Path, inputs: dict[str, Path]) -> None:
@@ -253,8 +305,9 @@ def _check_output(output: Path, inputs: dict[str, Path]) -> None:
 
 
 @contextlib.contextmanager
-def _rows_to_score(args, schema: dict) -> Iterator[tuple[Any, list[str]]]:
+def _rows_to_score(args, schema: dict, vocabs: Optional[list] = None) -> Iterator[tuple[Any, list[str]]]:
     """(the input encoded as a split: .ids, .labels, .keep, .multi_valued; the keep column names).
+    vocabs: every field's IntVocab (single-valued, then multi-valued) when the schema has none (an export's).
 
     The streaming formats are encoded into a temporary folder beside the output, removed on leaving
     the block, also on error or Ctrl-C (after a kill -9: by the next predict to that output).
@@ -263,13 +316,13 @@ def _rows_to_score(args, schema: dict) -> Iterator[tuple[Any, list[str]]]:
     from .data.predict_input import PREDICT_SPLIT, STREAMING_FORMATS, encode_for_predict_text
 
     if schema.get("options", {}).get("format") not in STREAMING_FORMATS:
-        yield _csv_ids_rows(args.input, schema), list(schema["keep_columns"])
+        yield _csv_ids_rows(args.input, schema, vocabs), list(schema["keep_columns"])
         return
     output = Path(args.output).resolve()
     with temp_dir_beside(output, ".input") as tmp:
         encoded = load_prepared(encode_for_predict_text(args.input, schema, Path(tmp) / "encoded",
                                                         has_label=False if args.no_label else None,
-                                                        progress=not args.quiet))
+                                                        progress=not args.quiet, vocabs=vocabs))
         report = encoded.schema["report"]
         if report["skipped_rows"]:
             print(f"skipped {report['skipped_rows']:,} bad rows (on_bad_row: skip in the training schema); "
@@ -277,11 +330,11 @@ def _rows_to_score(args, schema: dict) -> Iterator[tuple[Any, list[str]]]:
         yield encoded.split(PREDICT_SPLIT), encoded.keep_columns
 
 
-def _csv_ids_rows(path: str, schema: dict):
+def _csv_ids_rows(path: str, schema: dict, vocabs: Optional[list] = None):
     from .data.columns import Split
     from .data.csv_ids import encode_for_predict
 
-    ids, keep, labels = encode_for_predict(path, schema)
+    ids, keep, labels = encode_for_predict(path, schema, vocabs)
     names = list(schema["keep_columns"])
     return Split(ids=ids, labels=labels if labels is not None else np.full(len(ids), np.nan, dtype=np.float32),
                  group=None, keep=np.column_stack([keep[n] for n in names]) if names else None,
@@ -320,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("tf4ctr_fast").setLevel(logging.INFO)
     command = {"prepare": cmd_prepare, "train": cmd_train, "evaluate": cmd_evaluate,
-               "predict": cmd_predict, "sweep": cmd_sweep}[args.command]
+               "predict": cmd_predict, "sweep": cmd_sweep, "export": cmd_export}[args.command]
     try:
         with sigterm_interrupts():
             code = command(args)

@@ -254,14 +254,16 @@ def prepare_csv_ids(cfg: DatasetConfig, out_dir: str | Path) -> Path:
     return write_prepared(out_dir, schema, splits)
 
 
-def encode_for_predict(csv_path: str | Path, schema: dict[str, Any]
+def encode_for_predict(csv_path: str | Path, schema: dict[str, Any], vocabs: Optional[list[IntVocab]] = None
                        ) -> tuple[np.ndarray, dict[str, np.ndarray], Optional[np.ndarray]]:
-    """Map a CSV's raw values through a prepared schema's vocabularies (unseen -> OOV).
+    """Map a CSV's raw values through a prepared schema's vocabularies (unseen -> OOV); `vocabs`, one per
+    field, replaces the schema's (an export's schema has none: tf4ctr_fast/export.py).
 
     Returns (ids int32 [N, F], keep column -> int64 [N], labels float32 [N] or None when the file
     has no label column).
     """
-    vocabs = [IntVocab.from_field(f, "prepared schema") for f in schema["fields"]]
+    if vocabs is None:
+        vocabs = [IntVocab.from_field(f, "prepared schema") for f in schema["fields"]]
     fields = [f["name"] for f in schema["fields"]]
     required = {f: "the prepared schema's fields" for f in fields}
     required.update({c: "the prepared schema's keep_columns"

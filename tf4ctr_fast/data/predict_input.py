@@ -33,14 +33,22 @@ _WHERE = "the model's training schema"   # how messages name the schema (it trav
 
 def encode_for_predict_text(input_path: str | Path, schema: dict[str, Any], out_dir: str | Path,
                             has_label: Optional[bool] = None, progress: bool = True, workers: int = 0,
-                            chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Path:
+                            chunk_bytes: int = DEFAULT_CHUNK_BYTES, vocabs: Optional[list[IntVocab]] = None) -> Path:
     """Encode `input_path` with the training `schema` into the prepared folder `out_dir` (one split,
-    PREDICT_SPLIT). has_label: None = from the header, or True for a file without one."""
+    PREDICT_SPLIT). has_label: None = from the header, or True for a file without one. vocabs: every
+    field's vocabulary, single-valued then multi-valued, in place of the schema's (an export's schema
+    has none: tf4ctr_fast/export.py)."""
     path = Path(input_path)
     options = _options(schema)
     fmt = predict_format(options, path, has_label)
-    vocabs = _vocabularies(schema, "fields", fmt.categorical)
-    mv_vocabs = _vocabularies(schema, "multi_valued_fields", fmt.multi_valued)
+    if vocabs is None:
+        vocabs = _vocabularies(schema, "fields", fmt.categorical) + _vocabularies(schema, "multi_valued_fields",
+                                                                                 fmt.multi_valued)
+    else:
+        _check_fields(schema, "fields", fmt.categorical)
+        _check_fields(schema, "multi_valued_fields", fmt.multi_valued)
+    single = len(fmt.categorical)
+    vocabs, mv_vocabs = vocabs[:single], vocabs[single:]
     opts = EngineOptions(workers=workers, chunk_bytes=chunk_bytes, progress=progress,
                          on_bad_row=options.get("on_bad_row", "error"))
     return encode_text(fmt, path, out_dir, opts, vocabs, mv_vocabs, schema, PREDICT_SPLIT)
@@ -79,9 +87,15 @@ def _csv_has_label(layout: CsvLayout, path: Path, has_label: Optional[bool]) -> 
     return label in header_names(read_header(path), layout.delimiter)
 
 
-def _vocabularies(schema: dict[str, Any], key: str, infos: list[FieldInfo]) -> list[IntVocab]:
-    """The vocabularies of schema[key], checked against the fields the rebuilt format decodes."""
+def _check_fields(schema: dict[str, Any], key: str, infos: list[FieldInfo]) -> list[dict[str, Any]]:
+    """schema[key], unless its fields are not the ones the rebuilt format decodes."""
     entries = schema.get(key, [])
     if [(e.get("name"), e.get("codec")) for e in entries] != [(f.name, f.codec) for f in infos]:
         raise InputError(f"{_WHERE}: key '{key}' does not match the fields its options describe")
+    return entries
+
+
+def _vocabularies(schema: dict[str, Any], key: str, infos: list[FieldInfo]) -> list[IntVocab]:
+    """The vocabularies of schema[key], checked against the fields the rebuilt format decodes."""
+    entries = _check_fields(schema, key, infos)
     return [from_json(e["codec"], e["vocab"], f"{_WHERE}: field '{e['name']}'") for e in entries]

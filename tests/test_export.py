@@ -84,7 +84,9 @@ def test_exported_program_equals_the_eager_model(name, backend):
     for n in (33, 1, 2):                              # the batch dimension is dynamic, 1 included
         got = program(*flat_inputs(first_rows(x, n)))
         assert got.dtype == torch.float32 and got.shape == (n,)
-        torch.testing.assert_close(got, want[:n], rtol=0, atol=TOL)
+        # against the eager model on the same rows: a batch of another size may take other matmul
+        # blockings, and a deep model (DLF) then differs from its own batch-33 output by ~2e-6
+        torch.testing.assert_close(got, eager_probabilities(model, first_rows(x, n)), rtol=0, atol=TOL)
 
 
 @pytest.mark.parametrize("name", ["DeepFM", "TF4CTR"])

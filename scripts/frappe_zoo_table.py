@@ -4,6 +4,7 @@ folders, the paper's Table VII Frappe column beside it. Runs: scripts/frappe_zoo
 docs/runs/frappe/sweep_decay1 (DNN, TF4CTR) and docs/runs/frappe/DualMLP_model_head-reference_seed*.
 
     .venv/bin/python scripts/frappe_zoo_table.py            # prints the markdown table
+    .venv/bin/python scripts/frappe_zoo_table.py --write    # ... and puts it into docs/results.md
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from tf4ctr_fast.io_utils import atomic_file  # noqa: E402
 from tf4ctr_fast.sweep import mean_std, welch  # noqa: E402
 
 RUNS = ROOT / "docs" / "runs" / "frappe"
@@ -48,7 +50,23 @@ def fmt(values: list[float], digits: int = 5) -> str:
     return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if len(values) > 1 else "")
 
 
+BEGIN, END = "<!-- zoo table: scripts/frappe_zoo_table.py --write -->", "<!-- /zoo table -->"
+
+
 def main() -> None:
+    text = table_markdown()
+    print(text)
+    if "--write" in sys.argv[1:]:
+        doc = ROOT / "docs" / "results.md"
+        body = doc.read_text()
+        head, _, rest = body.partition(BEGIN)
+        if END not in rest:
+            sys.exit(f"{doc}: no {BEGIN} ... {END} block to replace")
+        with atomic_file(doc) as tmp:
+            tmp.write_text(f"{head}{BEGIN}\n{text}\n{END}{rest.partition(END)[2]}")
+
+
+def table_markdown() -> str:
     table = {m: results(m) for m in ORDER}
     tf = [r["test"]["auc"] for r in table["TF4CTR"].values()]
     rows = ["| model | paper AUC % | seeds | test AUC | test gAUC | test logloss | Δ vs paper (pts) "
@@ -68,7 +86,7 @@ def main() -> None:
         seeds = ",".join(str(s) for s in res) or "not run"
         rows.append(f"| {model} | {paper if paper else ''} | {seeds} | {fmt(auc)} | {fmt(gauc)} "
                     f"| {fmt(logloss, 4)} | {delta} | {versus} |")
-    print("\n".join(rows))
+    return "\n".join(rows)
 
 
 if __name__ == "__main__":

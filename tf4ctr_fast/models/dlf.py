@@ -88,7 +88,7 @@ class DLF(CTRModel):
         return self.head(self.body(x)).squeeze(-1)
 
 
-# ---- DLF's network as a twin model's encoder (TF4CTR-DLF: models/tf4ctr.py) -------------------------------------------
+# ---- DLF's network as a twin model's encoder (TF4CTR-DLF: models/tf4ctr.py) --------------------
 
 @dataclass
 class DLFEncoderKeys(DLFStackKeys, EncoderParams):

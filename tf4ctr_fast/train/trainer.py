@@ -298,7 +298,8 @@ class _Local:
 class _Sharded:
     """One rank of a multi-process run. Rank 0 also holds `main_model`, an unsharded copy (plain
     tables) that gather() refreshes from the shards, for best.pt and the final evaluation; other
-    ranks have None. The per-epoch validation runs on the shards (predict). Every method but train_mode is a collective: all ranks call it in the same order."""
+    ranks have None. The per-epoch validation runs on the shards (predict). Every method but
+    train_mode is a collective: all ranks call it in the same order."""
 
     def __init__(self, dmp: nn.Module, copy: Optional[nn.Module], rank: int, world: int,
                  device: torch.device):

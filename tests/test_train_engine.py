@@ -111,7 +111,8 @@ def test_reference_backend_has_no_sparse_lr(tmp_path):
 @pytest.mark.parametrize("changes, key", [
     ({"model.backend": "jax"}, "model.backend"),
     ({"train.sparse_optimizer": "adagrad"}, "train.sparse_optimizer"),
-    ({"train.sparse_optimizer": "adam"}, "train.sparse_optimizer"),      # CPU: FBGEMM has no fused Adam
+    ({"train.sparse_optimizer": "adam", "train.nproc": 2}, "train.sparse_optimizer"),  # ours: one process
+    ({"train.sparse_optimizer": "lazy_adam", "train.nproc": 2}, "train.sparse_optimizer"),
     ({"train.sparse_lr": 0.0}, "train.sparse_lr"),
     ({"train.sharding": "diagonal"}, "train.sharding"),
     ({"train.sharding": "row_wise", "train.nproc": 2}, "train.sharding"),

@@ -50,8 +50,11 @@ from ..layers.embedding import FieldTables, InputFields
 from ..layers.init import init_embedding_table_
 from .features import (FieldBags, append_unique_rows, check_ids, check_kjt, drop_padding, features_to_kjt,
                        field_bags_to_kjt, ids_to_field_bags, kjt_to_field_bags, row_offsets_for)
+from .sparse_adam import AdamLookup, RowSparseAdam
 
-OPTIMIZERS = ("rowwise_adagrad", "sgd", "adam")
+OPTIMIZERS = ("rowwise_adagrad", "sgd", "adam", "lazy_adam")
+# Run by our kernel (embedding/sparse_adam.py) on CPU, where FBGEMM's TBE has no Adam.
+CPU_ADAMS = ("adam", "lazy_adam")
 POOLINGS = ("sum", "mean")
 # FBGEMM TBE stores rows in 4-float groups: each kind's stored width is its dim rounded up to this.
 TBE_DIM_MULTIPLE = 4
@@ -66,8 +69,10 @@ class FusedTablesConfig:
     """What the tables are and how the fused kernel updates them.
 
     kinds: kind -> embedding dim, one table per kind and field (in this order).
-    optimizer: "rowwise_adagrad" | "sgd" fused everywhere; "adam" only on CUDA (FBGEMM's CPU TBE has
-    no Adam). lr/eps go to the fused optimizer; emb_reg is the lambda of the batch regularizer.
+    optimizer: "rowwise_adagrad" | "sgd" fused by FBGEMM everywhere; "adam" (dense Adam's result with
+    the whole-table L2, embedding/sparse_adam.py) on CPU, one process; "lazy_adam" (Adam on the
+    looked-up rows) ours on CPU, one process, FBGEMM's on CUDA. lr/eps go to the sparse optimizer;
+    emb_reg is the lambda of the batch regularizer (and of the steps "adam" replays).
     pooling: per field "sum" (default) or "mean", used by multi-valued fields given as a KJT.
     """
 
@@ -114,10 +119,25 @@ class FusedTablesConfig:
             return torch.optim.SGD, {"lr": self.lr}
         if self.optimizer == "rowwise_adagrad":
             return RowWiseAdagrad, {"lr": self.lr, "eps": self.eps}
-        if device.type != "cuda":
-            raise InputError("sparse optimizer 'adam' is fused by FBGEMM on CUDA only; on CPU use "
-                             "'rowwise_adagrad' or 'sgd'")
-        return torch.optim.Adam, {"lr": self.lr, "eps": self.eps}
+        if self.optimizer == "lazy_adam" and device.type == "cuda":
+            return torch.optim.Adam, {"lr": self.lr, "eps": self.eps}
+        raise InputError(cpu_adam_only(self.optimizer, device))
+
+    def runs_cpu_adam(self, device: torch.device) -> bool:
+        """Whether our row-sparse Adam trains these tables (one process; FBGEMM holds the weights)."""
+        if self.optimizer == "adam" and device.type != "cpu":
+            raise InputError(cpu_adam_only(self.optimizer, device))
+        return self.optimizer in CPU_ADAMS and device.type == "cpu"
+
+
+def cpu_adam_only(optimizer: str, device: torch.device) -> str:
+    """Why sparse optimizer `optimizer` cannot run FBGEMM-fused on `device` (sharded or on CUDA)."""
+    if optimizer == "adam":
+        return ("sparse optimizer 'adam' (dense Adam's result, docs/embedding.md) runs on CPU in one process "
+                f"only, not on {device.type} or sharded; use 'lazy_adam' (Adam on the looked-up rows), "
+                "'rowwise_adagrad' or 'sgd'")
+    return (f"sparse optimizer {optimizer!r} runs on CPU in one process only (FBGEMM's CPU kernel has no "
+            "Adam), not sharded; use 'rowwise_adagrad' or 'sgd' with --nproc on CPU")
 
 
 class _SplitPooled(torch.autograd.Function):
@@ -197,7 +217,9 @@ class FusedFieldTables(FieldTables):
         gpus = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=gpus):
             if fused:
-                optimizer, kwargs = cfg.fused_optimizer(device)
+                # Our Adam keeps its own state: the TBE only stores the weights (its SGD never runs).
+                cpu_adam = cfg.runs_cpu_adam(device)
+                optimizer, kwargs = (torch.optim.SGD, {"lr": cfg.lr}) if cpu_adam else cfg.fused_optimizer(device)
                 self.ebc: nn.Module = FusedEmbeddingBagCollection(tables, optimizer, kwargs, device=device)
             else:
                 self.ebc = EmbeddingBagCollection(tables, device=device)
@@ -219,6 +241,21 @@ class FusedFieldTables(FieldTables):
         self.register_buffer("_mean_fields", mean, persistent=False)
         self._has_mean = bool(mean.any())
         self._reg: Optional[Tensor] = None
+        self._adam: Optional[RowSparseAdam] = None
+        if fused and cfg.runs_cpu_adam(device):
+            if not self._single_tbe:
+                raise InputError(f"sparse optimizer {cfg.optimizer!r}: torchrec did not put the tables in one TBE")
+            self._adam = RowSparseAdam(self.ebc._emb_modules[0]._emb_module, cfg.lr, cfg.eps, cfg.emb_reg,
+                                       replay=cfg.optimizer == "adam")
+            self._adam_anchor = torch.empty(0, requires_grad=True)
+            # Whoever reads the weights (checkpoints, export, conversions) reads them caught up.
+            self.register_state_dict_pre_hook(lambda module, prefix, keep_vars: module._adam.catch_up())
+
+    def train(self, mode: bool = True) -> "FusedFieldTables":
+        """Eval mode catches every row up with the steps it owes (sparse optimizer "adam")."""
+        if not mode and self._adam is not None:
+            self._adam.catch_up()
+        return super().train(mode)
 
     def to_kjt(self, features: Union[ModelInput, KeyedJaggedTensor]) -> KeyedJaggedTensor:
         """Checked KJT in field order without padding ids (InputError names any out-of-range id)."""
@@ -287,6 +324,8 @@ class FusedFieldTables(FieldTables):
         copies = len(self.kinds)
         indices, lengths = torch.cat([indices] * copies), torch.cat([lengths] * copies)
         offsets = torch.ops.fbgemm.asynchronous_complete_cumsum(lengths)
+        if self._adam is not None:
+            return AdamLookup.apply(self._adam_anchor, self._adam, indices, offsets)
         with _fbgemm_bounds_check_off(lookups):
             return lookups(indices, offsets, None)
 
@@ -320,8 +359,10 @@ class FusedFieldTables(FieldTables):
         return list(self.ebc.parameters())
 
     def sparse_optimizer(self):
-        """The fused optimizer's KeyedOptimizer (set its param_groups' lr to change the table lr; the
-        kernel picks it up on step()/zero_grad()). None for the unfused module."""
+        """The fused optimizer's KeyedOptimizer, or our RowSparseAdam (set its param_groups' lr to change
+        the table lr; the kernel picks it up on step()/zero_grad()). None for the unfused module."""
+        if self._adam is not None:
+            return self._adam
         return self.ebc.fused_optimizer() if isinstance(self.ebc, FusedEmbeddingBagCollection) else None
 
 

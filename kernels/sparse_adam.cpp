@@ -1,0 +1,263 @@
+// Row-sparse Adam for the CPU field tables (tf4ctr_fast/embedding/sparse_adam.py), fused into the
+// backward of their lookup: the gradient rows of one batch are accumulated per distinct table row and
+// each such row takes one Adam step, in place, in FBGEMM's flat table storage.
+//
+// Replay (replay = true): before its step, a row first takes the steps it missed since it was last
+// looked up, each with the gradient decay * w that the whole-table L2 term (decay/2)*||W||^2 gives a
+// row no batch looked up. Dense Adam over the whole table (the reference backend) takes exactly those
+// steps every batch, so the table ends up where dense Adam leaves it, at the cost of the touched rows
+// only. catch_up brings every row to the current step (before evaluation and checkpoints).
+//
+// The arithmetic follows torch.optim.Adam's single-tensor path step for step (bias corrections in
+// double, applied as float), so both agree to float rounding; the reference twin is
+// tf4ctr_fast/reference/sparse_adam.py.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+namespace {
+
+struct AdamScalars {
+  float beta1, beta2, eps, decay;
+  double lr, dbeta1, dbeta2;
+};
+
+// One Adam step number `step` on n coordinates; grad == nullptr means the replayed gradient decay*w.
+inline void adam_coordinates(float* w, float* m, float* v, const float* grad, int64_t n, int64_t step,
+                             const AdamScalars& s) {
+  const double bias1 = 1.0 - std::pow(s.dbeta1, static_cast<double>(step));
+  const double bias2 = 1.0 - std::pow(s.dbeta2, static_cast<double>(step));
+  const float step_size = static_cast<float>(s.lr / bias1);
+  const float bias2_sqrt = static_cast<float>(std::sqrt(bias2));
+  // torch computes 1 - beta in double and hands the op a float scalar: the same here.
+  const float one_minus_beta1 = static_cast<float>(1.0 - s.dbeta1);
+  const float one_minus_beta2 = static_cast<float>(1.0 - s.dbeta2);
+  for (int64_t d = 0; d < n; ++d) {
+    const float g = grad ? grad[d] : s.decay * w[d];
+    m[d] = m[d] + one_minus_beta1 * (g - m[d]);                 // exp_avg.lerp_(g, 1 - beta1)
+    v[d] = v[d] * s.beta2 + one_minus_beta2 * g * g;           // exp_avg_sq.mul_(b2).addcmul_(g, g, 1 - b2)
+    const float denom = std::sqrt(v[d]) / bias2_sqrt + s.eps;
+    w[d] = w[d] + (-step_size) * m[d] / denom;                  // param.addcdiv_(m, denom, -step_size)
+  }
+}
+
+// Row r of the flat storage: steps row_step[r]+1 .. until-1 replayed (when replay), then, when grad is
+// given, step `until` with it. row_step[r] ends at the last step taken.
+inline void advance_row(float* w, float* m, float* v, int64_t& row_step, const float* grad, int64_t n,
+                        int64_t until, bool replay, const AdamScalars& s) {
+  if (replay) {
+    const int64_t last_replayed = grad ? until - 1 : until;
+    for (int64_t j = row_step + 1; j <= last_replayed; ++j) adam_coordinates(w, m, v, nullptr, n, j, s);
+  }
+  if (grad) adam_coordinates(w, m, v, grad, n, until, s);
+  row_step = until;
+}
+
+struct Tables {
+  const int64_t* weights_offsets;
+  const int32_t* d_offsets;
+  const int64_t* hash_size_cumsum;
+  int64_t num_tables;
+};
+
+void check_state(const at::Tensor& weights, const at::Tensor& exp_avg, const at::Tensor& exp_avg_sq,
+                 const at::Tensor& row_step, const at::Tensor& weights_offsets, const at::Tensor& d_offsets,
+                 const at::Tensor& hash_size_cumsum) {
+  for (const auto* t : {&weights, &exp_avg, &exp_avg_sq}) {
+    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kFloat && t->is_contiguous() && t->dim() == 1,
+                "sparse_adam: weights and Adam state must be contiguous 1-D float32 CPU tensors");
+    TORCH_CHECK(t->numel() == weights.numel(), "sparse_adam: Adam state sized unlike the weights");
+  }
+  TORCH_CHECK(row_step.scalar_type() == at::kLong && row_step.is_contiguous(), "sparse_adam: row_step int64");
+  TORCH_CHECK(weights_offsets.scalar_type() == at::kLong && hash_size_cumsum.scalar_type() == at::kLong &&
+                  d_offsets.scalar_type() == at::kInt,
+              "sparse_adam: weights_offsets/hash_size_cumsum int64, D_offsets int32 (FBGEMM's TBE layout)");
+  const int64_t num_tables = weights_offsets.numel();
+  TORCH_CHECK(d_offsets.numel() == num_tables + 1 && hash_size_cumsum.numel() == num_tables + 1,
+              "sparse_adam: D_offsets and hash_size_cumsum need one entry per table plus one");
+  TORCH_CHECK(row_step.numel() == hash_size_cumsum[num_tables].item<int64_t>(),
+              "sparse_adam: row_step needs one entry per table row");
+}
+
+AdamScalars scalars(double lr, double beta1, double beta2, double eps, double decay) {
+  return {static_cast<float>(beta1), static_cast<float>(beta2), static_cast<float>(eps),
+          static_cast<float>(decay), lr, beta1, beta2};
+}
+
+// Calls fn(table, sample, global row) for every looked-up row, bag by bag (bags table-major: bag
+// t * batch + b), after checking its id against its table.
+template <typename index_t, typename Fn>
+void for_each_lookup(const Tables& tables, const index_t* indices, const index_t* offsets, int64_t batch, Fn fn) {
+  for (int64_t t = 0; t < tables.num_tables; ++t) {
+    const int64_t first_row = tables.hash_size_cumsum[t], rows = tables.hash_size_cumsum[t + 1] - first_row;
+    for (int64_t b = 0; b < batch; ++b) {
+      for (index_t i = offsets[t * batch + b]; i < offsets[t * batch + b + 1]; ++i) {
+        const int64_t id = static_cast<int64_t>(indices[i]);
+        TORCH_CHECK(id >= 0 && id < rows, "sparse_adam: index ", id, " out of range for table ", t);
+        fn(t, b, first_row + id);
+      }
+    }
+  }
+}
+
+// Scratch that maps a global row to its position among a batch's distinct rows (-1: not seen), so
+// finding them costs O(looked-up rows), not O(vocabulary). Sized once per table layout, and every
+// entry a call sets is reset before it returns.
+std::vector<int32_t>& row_slots(int64_t total_rows) {
+  thread_local std::vector<int32_t> slot;
+  if (static_cast<int64_t>(slot.size()) != total_rows) slot.assign(total_rows, -1);
+  return slot;
+}
+
+inline int64_t row_position(const Tables& tables, int64_t t, int64_t r) {
+  const int64_t dim = tables.d_offsets[t + 1] - tables.d_offsets[t];
+  return tables.weights_offsets[t] + (r - tables.hash_size_cumsum[t]) * dim;
+}
+
+template <typename index_t>
+void step_rows(float* w, float* m, float* v, int64_t* row_step, const Tables& tables, const index_t* indices,
+               const index_t* offsets, int64_t batch, const float* grad_out, int64_t total_d, int64_t step,
+               bool replay, const AdamScalars& s) {
+  // Distinct rows in order of first appearance, each with its gradient summed in that order.
+  auto& slot = row_slots(tables.hash_size_cumsum[tables.num_tables]);
+  std::vector<int64_t> rows, row_table, row_buf;
+  std::vector<float> buf;
+  for_each_lookup(tables, indices, offsets, batch, [&](int64_t t, int64_t b, int64_t r) {
+    const int64_t d0 = tables.d_offsets[t], dim = tables.d_offsets[t + 1] - d0;
+    if (slot[r] < 0) {
+      slot[r] = static_cast<int32_t>(rows.size());
+      rows.push_back(r);
+      row_table.push_back(t);
+      row_buf.push_back(static_cast<int64_t>(buf.size()));
+      buf.resize(buf.size() + dim, 0.0f);
+    }
+    float* acc = buf.data() + row_buf[slot[r]];
+    const float* g = grad_out + b * total_d + d0;
+    for (int64_t d = 0; d < dim; ++d) acc[d] += g[d];
+  });
+  for (int64_t r : rows) slot[r] = -1;
+  at::parallel_for(0, static_cast<int64_t>(rows.size()), 64, [&](int64_t begin, int64_t end) {
+    for (int64_t u = begin; u < end; ++u) {
+      const int64_t t = row_table[u], pos = row_position(tables, t, rows[u]);
+      advance_row(w + pos, m + pos, v + pos, row_step[rows[u]], buf.data() + row_buf[u],
+                  tables.d_offsets[t + 1] - tables.d_offsets[t], step, replay, s);
+    }
+  });
+}
+
+// The looked-up rows that are behind step `until`, replayed up to it.
+template <typename index_t>
+void catch_up_rows(float* w, float* m, float* v, int64_t* row_step, const Tables& tables, const index_t* indices,
+                   const index_t* offsets, int64_t batch, int64_t until, const AdamScalars& s) {
+  auto& slot = row_slots(tables.hash_size_cumsum[tables.num_tables]);
+  std::vector<int64_t> rows, row_table;
+  for_each_lookup(tables, indices, offsets, batch, [&](int64_t t, int64_t b, int64_t r) {
+    if (row_step[r] < until && slot[r] < 0) {
+      slot[r] = 0;
+      rows.push_back(r);
+      row_table.push_back(t);
+    }
+  });
+  for (int64_t r : rows) slot[r] = -1;
+  at::parallel_for(0, static_cast<int64_t>(rows.size()), 64, [&](int64_t begin, int64_t end) {
+    for (int64_t u = begin; u < end; ++u) {
+      const int64_t t = row_table[u], pos = row_position(tables, t, rows[u]);
+      advance_row(w + pos, m + pos, v + pos, row_step[rows[u]], nullptr,
+                  tables.d_offsets[t + 1] - tables.d_offsets[t], until, true, s);
+    }
+  });
+}
+
+void check_bags(const at::Tensor& indices, const at::Tensor& offsets, int64_t num_tables) {
+  TORCH_CHECK(indices.scalar_type() == offsets.scalar_type() &&
+                  (indices.scalar_type() == at::kInt || indices.scalar_type() == at::kLong),
+              "sparse_adam: indices and offsets must share an integer dtype (int32 or int64)");
+  TORCH_CHECK((offsets.numel() - 1) % num_tables == 0, "sparse_adam: offsets need tables * batch + 1 entries");
+}
+
+// The lookup's backward with the optimizer step fused in. indices/offsets are the TBE's (bags
+// table-major: bag t * batch + b), grad_output [batch, total_D] the gradient of its pooled output.
+void sparse_adam_step(at::Tensor weights, at::Tensor exp_avg, at::Tensor exp_avg_sq, at::Tensor row_step,
+                      const at::Tensor& weights_offsets, const at::Tensor& d_offsets,
+                      const at::Tensor& hash_size_cumsum, const at::Tensor& indices, const at::Tensor& offsets,
+                      const at::Tensor& grad_output, int64_t step, double lr, double beta1, double beta2,
+                      double eps, double decay, bool replay) {
+  check_state(weights, exp_avg, exp_avg_sq, row_step, weights_offsets, d_offsets, hash_size_cumsum);
+  TORCH_CHECK(step >= 1, "sparse_adam: steps count from 1");
+  const int64_t num_tables = weights_offsets.numel();
+  check_bags(indices, offsets, num_tables);
+  const auto grad = grad_output.contiguous();
+  TORCH_CHECK(grad.scalar_type() == at::kFloat && grad.dim() == 2, "sparse_adam: grad_output float32 [B, total_D]");
+  const int64_t batch = grad.size(0), total_d = grad.size(1);
+  TORCH_CHECK(offsets.numel() == num_tables * batch + 1, "sparse_adam: offsets need tables * batch + 1 entries");
+  TORCH_CHECK(d_offsets[num_tables].item<int32_t>() == total_d, "sparse_adam: grad_output width != total_D");
+  const auto idx = indices.contiguous(), off = offsets.contiguous();
+  const Tables tables{weights_offsets.data_ptr<int64_t>(), d_offsets.data_ptr<int32_t>(),
+                      hash_size_cumsum.data_ptr<int64_t>(), num_tables};
+  const auto s = scalars(lr, beta1, beta2, eps, decay);
+  AT_DISPATCH_INDEX_TYPES(idx.scalar_type(), "sparse_adam_step", [&] {
+    step_rows<index_t>(weights.data_ptr<float>(), exp_avg.data_ptr<float>(), exp_avg_sq.data_ptr<float>(),
+                       row_step.data_ptr<int64_t>(), tables, idx.data_ptr<index_t>(), off.data_ptr<index_t>(),
+                       batch, grad.data_ptr<float>(), total_d, step, replay, s);
+  });
+}
+
+// Rows replayed up to step `step` (their missed steps taken, no new one): the rows of the bags
+// indices/offsets when given (before a lookup reads them), else every row.
+void sparse_adam_catch_up(at::Tensor weights, at::Tensor exp_avg, at::Tensor exp_avg_sq, at::Tensor row_step,
+                          const at::Tensor& weights_offsets, const at::Tensor& d_offsets,
+                          const at::Tensor& hash_size_cumsum, const c10::optional<at::Tensor>& indices,
+                          const c10::optional<at::Tensor>& offsets, int64_t step, double lr, double beta1,
+                          double beta2, double eps, double decay) {
+  check_state(weights, exp_avg, exp_avg_sq, row_step, weights_offsets, d_offsets, hash_size_cumsum);
+  const int64_t num_tables = weights_offsets.numel();
+  const Tables tables{weights_offsets.data_ptr<int64_t>(), d_offsets.data_ptr<int32_t>(),
+                      hash_size_cumsum.data_ptr<int64_t>(), num_tables};
+  float *w = weights.data_ptr<float>(), *m = exp_avg.data_ptr<float>(), *v = exp_avg_sq.data_ptr<float>();
+  int64_t* rs = row_step.data_ptr<int64_t>();
+  const auto s = scalars(lr, beta1, beta2, eps, decay);
+  TORCH_CHECK(indices.has_value() == offsets.has_value(), "sparse_adam: give both indices and offsets, or neither");
+  if (indices.has_value()) {
+    check_bags(*indices, *offsets, num_tables);
+    const auto idx = indices->contiguous(), off = offsets->contiguous();
+    const int64_t batch = (off.numel() - 1) / num_tables;
+    AT_DISPATCH_INDEX_TYPES(idx.scalar_type(), "sparse_adam_catch_up", [&] {
+      catch_up_rows<index_t>(w, m, v, rs, tables, idx.data_ptr<index_t>(), off.data_ptr<index_t>(), batch, step, s);
+    });
+    return;
+  }
+  for (int64_t t = 0; t < num_tables; ++t) {
+    const int64_t dim = tables.d_offsets[t + 1] - tables.d_offsets[t];
+    at::parallel_for(tables.hash_size_cumsum[t], tables.hash_size_cumsum[t + 1], 256, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        if (rs[r] >= step) continue;
+        const int64_t pos = row_position(tables, t, r);
+        advance_row(w + pos, m + pos, v + pos, rs[r], nullptr, dim, step, true, s);
+      }
+    });
+  }
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(tf4ctr_fast, m) {
+  m.def(
+      "sparse_adam_step(Tensor(a!) weights, Tensor(b!) exp_avg, Tensor(c!) exp_avg_sq, Tensor(d!) row_step, "
+      "Tensor weights_offsets, Tensor D_offsets, Tensor hash_size_cumsum, Tensor indices, Tensor offsets, "
+      "Tensor grad_output, int step, float lr, float beta1, float beta2, float eps, float decay, "
+      "bool replay) -> ()");
+  m.def(
+      "sparse_adam_catch_up(Tensor(a!) weights, Tensor(b!) exp_avg, Tensor(c!) exp_avg_sq, "
+      "Tensor(d!) row_step, Tensor weights_offsets, Tensor D_offsets, Tensor hash_size_cumsum, "
+      "Tensor? indices, Tensor? offsets, int step, float lr, float beta1, float beta2, float eps, "
+      "float decay) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(tf4ctr_fast, CPU, m) {
+  m.impl("sparse_adam_step", &sparse_adam_step);
+  m.impl("sparse_adam_catch_up", &sparse_adam_catch_up);
+}

@@ -203,7 +203,43 @@ def build_pair(vocab_sizes: Sequence[int], device: torch.device) -> tuple[nn.Mod
     return reference, engine
 
 
-def training_step(model: nn.Module, precision: str = "fp32") -> Callable[[Tensor, Tensor], None]:
+def build_engine_adam(reference: nn.Module, vocab_sizes: Sequence[int], device: torch.device) -> nn.Module:
+    """The engine with sparse optimizer "adam" (CPU: dense Adam's result by replaying the steps rows
+    missed, docs/embedding.md "Sparse Adam"; its lr is the dense lr, as in the reference) and the
+    weights of `reference`."""
+    names = field_names()
+    engine = build_model(dataclasses.replace(MODEL, head="fused", backend="torchrec"), vocab_sizes,
+                         field_names=names, sparse_optimizer="adam", sparse_lr=DENSE_LR, sparse_eps=SPARSE_EPS,
+                         device=device)
+    engine.load_state_dict(reference_to_engine_state_dict(reference.state_dict(), names))
+    return engine
+
+
+def assert_adam_step_parity(reference: nn.Module, engine: nn.Module, ids: Tensor, y: Tensor) -> None:
+    """One trainer step of each from the same weights (training_step: the reference's whole-table L2 and
+    dense Adam over the tables; the engine's batch L2 and sparse Adam), then every table row compared
+    after the engine caught them up (eval mode): what sparse optimizer "adam" promises. Without the
+    gradient clipping: the reference's clips the table gradients too (a global norm over every
+    parameter), the engine's cannot (docs/embedding.md), and at this batch's norm that rescales the
+    reference's tiny table gradients, which Adam's eps makes visible. Mutates both."""
+    training_step(reference, clip=False)(ids, y)
+    training_step(engine, clip=False)(ids, y)
+    reference.eval(), engine.eval()
+    want = reference_to_engine_state_dict(reference.state_dict(), field_names())
+    for name, got in engine.state_dict().items():
+        if ".embedding_bags." not in name:
+            continue
+        # Adam's first step is lr * g / (|g| + eps): where a gradient entry is rounding noise (the
+        # batch-norm amplification of _zero_by_construction reaches the embeddings too) the step is
+        # noise on both sides. So: at most 0.1 % of the entries beyond 1e-4 (scaled), none beyond one
+        # step. A missed catch-up or another update rule moves most entries.
+        off = (got - want[name]).abs() > 1e-4 * float(want[name].abs().max())
+        assert off.float().mean() <= 1e-3, f"table {name}: {int(off.sum())} of {off.numel()} entries differ"
+        assert float((got - want[name]).abs().max()) <= DENSE_LR, f"table {name}: an entry differs by a step"
+    reference.train(), engine.train()
+
+
+def training_step(model: nn.Module, precision: str = "fp32", clip: bool = True) -> Callable[[Tensor, Tensor], None]:
     """step(ids, y): one trainer step, as tf4ctr_fast.train.trainer does it: loss + regularizer (the
     forward under train.precision's autocast), backward (fused tables update in here), clip the dense
     gradients' norm, Adam on the dense parameters; then a device sync, so that a timer around it sees
@@ -216,7 +252,8 @@ def training_step(model: nn.Module, precision: str = "fp32") -> Callable[[Tensor
         with autocast(precision, ids.device):
             loss = model.loss(ids, y)["loss"] + model.regularization()
         loss.backward()
-        nn.utils.clip_grad_norm_(params, CLIP_NORM)
+        if clip:
+            nn.utils.clip_grad_norm_(params, CLIP_NORM)
         optimizer.step()
         sync(ids.device)
     return step

@@ -7,6 +7,14 @@
              rows) + fused twin head (C++ on CPU, Triton on CUDA); Adam and clipping on the dense part
   engine_bf16  the same engine step with its forward under bf16 autocast (train.precision bf16);
              its parity with the float32 step is tests/test_precision.py's, to bf16 rounding
+  engine_adam  the engine with sparse optimizer "adam" (CPU only: the reference's dense Adam with the
+             whole-table L2, on the looked-up rows; parity: one step, every row, harness.
+             assert_adam_step_parity). The timed step repeats one batch, so its rows owe no steps:
+  adam_replay_all_rows  is the rest of its cost: every row of every table replaying one owed step
+             (sparse optimizer's catch_up after one step no row took). Over an epoch every row
+             takes every step, so engine_adam + adam_replay_all_rows is its amortised cost per step
+             when most rows are missed by most batches (a long-tailed vocabulary); less where
+             batches cover the rows.
 
 A step is what tf4ctr_fast.train.trainer does per batch (harness.training_step). Parity first, per
 vocabulary, on the fresh pair: loss, logits, every dense gradient and the tables' fused update
@@ -17,8 +25,10 @@ from __future__ import annotations
 
 import pytest
 
-from harness import (assert_step_parity, build_pair, criteo_batch, criteo_vocab_sizes, linear_macs, record,
-                     training_step)
+import copy
+
+from harness import (assert_adam_step_parity, assert_step_parity, build_engine_adam, build_pair, criteo_batch,
+                     criteo_vocab_sizes, linear_macs, record, training_step)
 
 
 class StepCase:
@@ -29,7 +39,22 @@ class StepCase:
         assert_step_parity(self.models["reference"], self.models["engine"], self.ids, self.y)
         self.steps = {path: training_step(model) for path, model in self.models.items()}
         self.steps["engine_bf16"] = training_step(self.models["engine"], precision="bf16")
+        if device.type == "cpu":
+            reference = self.models["reference"]
+            assert_adam_step_parity(copy.deepcopy(reference), build_engine_adam(reference, self.vocab_sizes, device),
+                                    self.ids, self.y)
+            adam = build_engine_adam(reference, self.vocab_sizes, device)
+            self.steps["engine_adam"] = training_step(adam)
+            self.steps["adam_replay_all_rows"] = _replay_one_step(adam.sparse_optimizer())
         self.flops = 6 * linear_macs(self.models["reference"]) * batch
+
+
+def _replay_one_step(optimizer):
+    """step(ids, y): every row of the tables replays one step (as if one more batch had looked up none)."""
+    def step(ids, y) -> None:
+        optimizer.steps += 1
+        optimizer.catch_up()
+    return step
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +62,10 @@ def step_case(env, vocab) -> StepCase:
     return StepCase(vocab, env.sizes.step_batch, env.device)
 
 
-@pytest.mark.parametrize("path", ["reference", "engine", "engine_bf16"])
+@pytest.mark.parametrize("path", ["reference", "engine", "engine_bf16", "engine_adam", "adam_replay_all_rows"])
 def test_training_step(benchmark, env, step_case, vocab, path):
+    if path not in step_case.steps:
+        pytest.skip(f"{path}: CPU only (sparse optimizer adam)")
     batch = step_case.ids.shape[0]
     benchmark.group = f"training step vocab {vocab:.1e} B={batch} {env.device.type}"
     benchmark.pedantic(step_case.steps[path], args=(step_case.ids, step_case.y), rounds=env.sizes.step_rounds,

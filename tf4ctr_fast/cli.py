@@ -37,11 +37,14 @@ How the embeddings are trained depends on model.backend:
   reference (default)  every model; the embedding tables are trained by the same dense Adam as the
                        rest of the network, over whole tables, and the L2 regularizer (model.emb_reg)
                        covers the whole tables every batch: the paper's (FuxiCTR's) exact objective.
-  torchrec             TF4CTR with SER only; the tables are updated inside backward by a fused sparse
-                       optimizer (train.sparse_optimizer: rowwise_adagrad (default) or sgd on CPU and
-                       CUDA, adam on CUDA only; train.sparse_lr, default 0.01), touching only the rows
-                       a batch looks up, and the L2 covers those rows only (REFERENCE.md "Our
-                       decisions" 3). Adam (train.lr) trains the dense parameters. Needed for
+  torchrec             every model; the tables are updated inside backward by a fused sparse
+                       optimizer (train.sparse_optimizer, lr train.sparse_lr, default 0.01) touching
+                       only the rows a batch looks up: rowwise_adagrad (default) or sgd (FBGEMM; CPU,
+                       CUDA, sharded), adam (CPU, one process: the rows replay the steps they missed,
+                       so the result is the reference's dense Adam with the whole-table L2; use
+                       sparse_lr = train.lr), lazy_adam (Adam on the looked-up rows; CPU one process,
+                       CUDA). The L2 covers the looked-up rows (REFERENCE.md "Our decisions" 3;
+                       docs/embedding.md). Adam (train.lr) trains the dense parameters. Needed for
                        --nproc > 1 (train.sharding: table_wise, column_wise, row_wise on CUDA).
 """
 

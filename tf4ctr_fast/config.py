@@ -161,9 +161,11 @@ class TrainConfig:
     # free memory, else streamed from disk in prefetched chunks; "device" / "streaming" force one.
     loader: str = "auto"
     # model.backend "torchrec" only: the fused optimizer of the embedding tables. Adam (lr above) still
-    # trains every other parameter. "rowwise_adagrad" | "sgd" run on CPU and CUDA; "adam" on CUDA only
-    # (FBGEMM's CPU kernel has none). Row-wise Adagrad usually wants a larger lr than Adam (0.01-0.05).
-    # The plateau decay (lr_decay, min_lr) applies to sparse_lr too.
+    # trains every other parameter. "rowwise_adagrad" | "sgd": FBGEMM's, on CPU and CUDA, sharded too;
+    # "adam": ours, CPU, one process, the reference's dense Adam with the whole-table L2 replayed on the
+    # looked-up rows (docs/embedding.md "Sparse Adam"; give it sparse_lr = lr); "lazy_adam": Adam on the
+    # looked-up rows only (ours on CPU, one process; FBGEMM's on CUDA). Row-wise Adagrad usually wants a
+    # larger lr than Adam (0.01-0.05). The plateau decay (lr_decay, min_lr) applies to sparse_lr too.
     sparse_optimizer: str = "rowwise_adagrad"
     sparse_lr: float = 0.01
     sparse_eps: float = 1e-8

@@ -44,46 +44,92 @@ inline void adam_coordinate(float& w, float& m, float& v, float g, StepScalars k
   w = w + (-k.step_size) * m / denom;                    // param.addcdiv_(m, denom, -step_size)
 }
 
-// Adam on n coordinates for steps from..to (inclusive): with `grad` (one step), or with the replayed
-// gradient decay * w (any number of steps). The replay is the hot loop of catching up; it keeps the
-// row in registers across steps and carries beta^step as running products (they differ from pow by
-// about step * 1e-16 relative, far below the float rounding of the scalars). Compiled for AVX-512,
-// AVX2 and baseline x86-64, picked at load time, so portable wheels still vectorize.
 #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
-__attribute__((target_clones("avx512f", "avx2", "default")))
+// Compiled for AVX-512, AVX2 and baseline x86-64, picked at load time: portable wheels still vectorize.
+#define TF4CTR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define TF4CTR_CLONES
 #endif
-void adam_steps(float* __restrict w, float* __restrict m, float* __restrict v, const float* __restrict grad,
-                int64_t n, int64_t from, int64_t to, const AdamScalars& s) {
-  // torch computes 1 - beta in double and hands the op a float scalar: the same here.
+
+// One Adam step on n coordinates with the given gradient.
+TF4CTR_CLONES
+void adam_step(float* __restrict w, float* __restrict m, float* __restrict v, const float* __restrict grad,
+               int64_t n, int64_t step, const AdamScalars& s) {
+  const StepScalars k = step_scalars(s, std::pow(s.dbeta1, static_cast<double>(step)),
+                                     std::pow(s.dbeta2, static_cast<double>(step)));
+  const float one_minus_beta1 = static_cast<float>(1.0 - s.dbeta1);   // torch: 1 - beta in double
+  const float one_minus_beta2 = static_cast<float>(1.0 - s.dbeta2);
+  for (int64_t d = 0; d < n; ++d) adam_coordinate(w[d], m[d], v[d], grad[d], k, one_minus_beta1, s.beta2,
+                                                  one_minus_beta2, s.eps);
+}
+
+// A row that owes steps from..to (inclusive), each with the gradient decay * w.
+struct Owed {
+  float* w;
+  float* m;
+  float* v;
+  int64_t n, from, to;
+};
+
+constexpr int kGroup = 4;
+
+// Replays up to kGroup rows' owed steps side by side. One row's steps form a long latency chain (a
+// sqrt and two divisions per step), different rows are independent: stepping the rows in turn gives
+// the core several chains to overlap. beta^step is carried as running products (they differ from pow
+// by about step * 1e-16 relative, far below the float rounding of the scalars).
+TF4CTR_CLONES
+void replay_group(const Owed* rows, int count, const AdamScalars& s) {
   const float one_minus_beta1 = static_cast<float>(1.0 - s.dbeta1);
   const float one_minus_beta2 = static_cast<float>(1.0 - s.dbeta2);
   const float beta2 = s.beta2, eps = s.eps, decay = s.decay;
-  double beta1_pow = std::pow(s.dbeta1, static_cast<double>(from));
-  double beta2_pow = std::pow(s.dbeta2, static_cast<double>(from));
-  for (int64_t j = from; j <= to; ++j) {
-    const StepScalars k = step_scalars(s, beta1_pow, beta2_pow);
-    // Two copies of the loop, so that neither tests `grad` per coordinate.
-    if (grad) {
-      for (int64_t d = 0; d < n; ++d) adam_coordinate(w[d], m[d], v[d], grad[d], k, one_minus_beta1, beta2,
-                                                      one_minus_beta2, eps);
-    } else {
-      for (int64_t d = 0; d < n; ++d) adam_coordinate(w[d], m[d], v[d], decay * w[d], k, one_minus_beta1, beta2,
-                                                      one_minus_beta2, eps);
+  double beta1_pow[kGroup], beta2_pow[kGroup];
+  int64_t next[kGroup];
+  for (int i = 0; i < count; ++i) {
+    next[i] = rows[i].from;
+    beta1_pow[i] = std::pow(s.dbeta1, static_cast<double>(rows[i].from));
+    beta2_pow[i] = std::pow(s.dbeta2, static_cast<double>(rows[i].from));
+  }
+  for (bool active = true; active;) {
+    active = false;
+    for (int i = 0; i < count; ++i) {
+      if (next[i] > rows[i].to) continue;
+      active = true;
+      const StepScalars k = step_scalars(s, beta1_pow[i], beta2_pow[i]);
+      float* __restrict w = rows[i].w;
+      float* __restrict m = rows[i].m;
+      float* __restrict v = rows[i].v;
+      for (int64_t d = 0; d < rows[i].n; ++d) adam_coordinate(w[d], m[d], v[d], decay * w[d], k, one_minus_beta1,
+                                                              beta2, one_minus_beta2, eps);
+      beta1_pow[i] *= s.dbeta1;
+      beta2_pow[i] *= s.dbeta2;
+      ++next[i];
     }
-    beta1_pow *= s.dbeta1;
-    beta2_pow *= s.dbeta2;
   }
 }
 
-// Row r of the flat storage: steps row_step[r]+1 .. until-1 replayed (when replay), then, when grad is
-// given, step `until` with it. row_step[r] ends at the last step taken.
-inline void advance_row(float* w, float* m, float* v, int64_t& row_step, const float* grad, int64_t n,
-                        int64_t until, bool replay, const AdamScalars& s) {
-  const int64_t last_replayed = grad ? until - 1 : until;
-  if (replay && row_step < last_replayed) adam_steps(w, m, v, nullptr, n, row_step + 1, last_replayed, s);
-  if (grad) adam_steps(w, m, v, grad, n, until, until, s);
-  row_step = until;
-}
+// Collects rows that owe steps and replays them kGroup at a time.
+class Replayer {
+ public:
+  explicit Replayer(const AdamScalars& s) : s_(s) {}
+  ~Replayer() { flush(); }
+  // Row at w/m/v (n coordinates) brought from row_step to `until`; row_step is set now.
+  void owe(float* w, float* m, float* v, int64_t n, int64_t& row_step, int64_t until) {
+    if (row_step < until) {
+      rows_[count_++] = {w, m, v, n, row_step + 1, until};
+      if (count_ == kGroup) flush();
+    }
+    row_step = until;
+  }
+  void flush() {
+    if (count_ > 0) replay_group(rows_, count_, s_);
+    count_ = 0;
+  }
+
+ private:
+  const AdamScalars& s_;
+  Owed rows_[kGroup];
+  int count_ = 0;
+};
 
 struct Tables {
   const int64_t* weights_offsets;
@@ -169,10 +215,19 @@ void step_rows(float* w, float* m, float* v, int64_t* row_step, const Tables& ta
   });
   for (int64_t r : rows) slot[r] = -1;
   at::parallel_for(0, static_cast<int64_t>(rows.size()), 64, [&](int64_t begin, int64_t end) {
+    {
+      Replayer owed(s);   // the steps a row still owes come first (none after the lookup's catch-up)
+      for (int64_t u = begin; u < end; ++u) {
+        const int64_t t = row_table[u], pos = row_position(tables, t, rows[u]);
+        int64_t& last = row_step[rows[u]];
+        if (replay) owed.owe(w + pos, m + pos, v + pos, tables.d_offsets[t + 1] - tables.d_offsets[t], last, step - 1);
+      }
+    }
     for (int64_t u = begin; u < end; ++u) {
       const int64_t t = row_table[u], pos = row_position(tables, t, rows[u]);
-      advance_row(w + pos, m + pos, v + pos, row_step[rows[u]], buf.data() + row_buf[u],
-                  tables.d_offsets[t + 1] - tables.d_offsets[t], step, replay, s);
+      adam_step(w + pos, m + pos, v + pos, buf.data() + row_buf[u], tables.d_offsets[t + 1] - tables.d_offsets[t],
+                step, s);
+      row_step[rows[u]] = step;
     }
   });
 }
@@ -192,10 +247,10 @@ void catch_up_rows(float* w, float* m, float* v, int64_t* row_step, const Tables
   });
   for (int64_t r : rows) slot[r] = -1;
   at::parallel_for(0, static_cast<int64_t>(rows.size()), 64, [&](int64_t begin, int64_t end) {
+    Replayer owed(s);
     for (int64_t u = begin; u < end; ++u) {
       const int64_t t = row_table[u], pos = row_position(tables, t, rows[u]);
-      advance_row(w + pos, m + pos, v + pos, row_step[rows[u]], nullptr,
-                  tables.d_offsets[t + 1] - tables.d_offsets[t], until, true, s);
+      owed.owe(w + pos, m + pos, v + pos, tables.d_offsets[t + 1] - tables.d_offsets[t], row_step[rows[u]], until);
     }
   });
 }
@@ -261,10 +316,10 @@ void sparse_adam_catch_up(at::Tensor weights, at::Tensor exp_avg, at::Tensor exp
   for (int64_t t = 0; t < num_tables; ++t) {
     const int64_t dim = tables.d_offsets[t + 1] - tables.d_offsets[t];
     at::parallel_for(tables.hash_size_cumsum[t], tables.hash_size_cumsum[t + 1], 256, [&](int64_t begin, int64_t end) {
+      Replayer owed(s);
       for (int64_t r = begin; r < end; ++r) {
-        if (rs[r] >= step) continue;
         const int64_t pos = row_position(tables, t, r);
-        advance_row(w + pos, m + pos, v + pos, rs[r], nullptr, dim, step, true, s);
+        owed.owe(w + pos, m + pos, v + pos, dim, rs[r], step);
       }
     });
   }

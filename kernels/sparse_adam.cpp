@@ -24,6 +24,10 @@ namespace {
 struct AdamScalars {
   float beta1, beta2, eps, decay;
   double lr, dbeta1, dbeta2;
+  // grad_scales[step]: the factor of that step's gradients (the trainer's clipping, RowSparseAdam.clip);
+  // nullptr: 1 for every step.
+  const float* grad_scales = nullptr;
+  float scale(int64_t step) const { return grad_scales ? grad_scales[step] : 1.0f; }
 };
 
 // Per-step scalars of torch.optim.Adam: lr / (1 - beta1^step) and sqrt(1 - beta2^step), computed in
@@ -59,7 +63,8 @@ void adam_step(float* __restrict w, float* __restrict m, float* __restrict v, co
                                      std::pow(s.dbeta2, static_cast<double>(step)));
   const float one_minus_beta1 = static_cast<float>(1.0 - s.dbeta1);   // torch: 1 - beta in double
   const float one_minus_beta2 = static_cast<float>(1.0 - s.dbeta2);
-  for (int64_t d = 0; d < n; ++d) adam_coordinate(w[d], m[d], v[d], grad[d], k, one_minus_beta1, s.beta2,
+  const float scale = s.scale(step);
+  for (int64_t d = 0; d < n; ++d) adam_coordinate(w[d], m[d], v[d], grad[d] * scale, k, one_minus_beta1, s.beta2,
                                                   one_minus_beta2, s.eps);
 }
 
@@ -95,10 +100,11 @@ void replay_group(const Owed* rows, int count, const AdamScalars& s) {
       if (next[i] > rows[i].to) continue;
       active = true;
       const StepScalars k = step_scalars(s, beta1_pow[i], beta2_pow[i]);
+      const float scale = s.scale(next[i]);
       float* __restrict w = rows[i].w;
       float* __restrict m = rows[i].m;
       float* __restrict v = rows[i].v;
-      for (int64_t d = 0; d < rows[i].n; ++d) adam_coordinate(w[d], m[d], v[d], decay * w[d], k, one_minus_beta1,
+      for (int64_t d = 0; d < rows[i].n; ++d) adam_coordinate(w[d], m[d], v[d], decay * w[d] * scale, k, one_minus_beta1,
                                                               beta2, one_minus_beta2, eps);
       beta1_pow[i] *= s.dbeta1;
       beta2_pow[i] *= s.dbeta2;
@@ -157,9 +163,17 @@ void check_state(const at::Tensor& weights, const at::Tensor& exp_avg, const at:
               "sparse_adam: row_step needs one entry per table row");
 }
 
-AdamScalars scalars(double lr, double beta1, double beta2, double eps, double decay) {
-  return {static_cast<float>(beta1), static_cast<float>(beta2), static_cast<float>(eps),
-          static_cast<float>(decay), lr, beta1, beta2};
+AdamScalars scalars(double lr, double beta1, double beta2, double eps, double decay,
+                    const c10::optional<at::Tensor>& grad_scales, int64_t last_step) {
+  AdamScalars s{static_cast<float>(beta1), static_cast<float>(beta2), static_cast<float>(eps),
+                static_cast<float>(decay), lr, beta1, beta2};
+  if (grad_scales.has_value()) {
+    TORCH_CHECK(grad_scales->scalar_type() == at::kFloat && grad_scales->is_contiguous() &&
+                    grad_scales->numel() > last_step,
+                "sparse_adam: grad_scales must be a contiguous float32 tensor with an entry per step");
+    s.grad_scales = grad_scales->data_ptr<float>();
+  }
+  return s;
 }
 
 // Calls fn(table, sample, global row) for every looked-up row, bag by bag (bags table-major: bag
@@ -192,42 +206,53 @@ inline int64_t row_position(const Tables& tables, int64_t t, int64_t r) {
   return tables.weights_offsets[t] + (r - tables.hash_size_cumsum[t]) * dim;
 }
 
+// A batch's distinct rows in order of first appearance, each with its gradient summed in that order.
+struct RowGrads {
+  std::vector<int64_t> rows, row_table, row_buf;
+  std::vector<float> buf;
+};
+
+template <typename index_t>
+RowGrads accumulate_rows(const Tables& tables, const index_t* indices, const index_t* offsets, int64_t batch,
+                         const float* grad_out, int64_t total_d) {
+  auto& slot = row_slots(tables.hash_size_cumsum[tables.num_tables]);
+  RowGrads g;
+  for_each_lookup(tables, indices, offsets, batch, [&](int64_t t, int64_t b, int64_t r) {
+    const int64_t d0 = tables.d_offsets[t], dim = tables.d_offsets[t + 1] - d0;
+    if (slot[r] < 0) {
+      slot[r] = static_cast<int32_t>(g.rows.size());
+      g.rows.push_back(r);
+      g.row_table.push_back(t);
+      g.row_buf.push_back(static_cast<int64_t>(g.buf.size()));
+      g.buf.resize(g.buf.size() + dim, 0.0f);
+    }
+    float* acc = g.buf.data() + g.row_buf[slot[r]];
+    const float* src = grad_out + b * total_d + d0;
+    for (int64_t d = 0; d < dim; ++d) acc[d] += src[d];
+  });
+  for (int64_t r : g.rows) slot[r] = -1;
+  return g;
+}
+
 template <typename index_t>
 void step_rows(float* w, float* m, float* v, int64_t* row_step, const Tables& tables, const index_t* indices,
                const index_t* offsets, int64_t batch, const float* grad_out, int64_t total_d, int64_t step,
                bool replay, const AdamScalars& s) {
-  // Distinct rows in order of first appearance, each with its gradient summed in that order.
-  auto& slot = row_slots(tables.hash_size_cumsum[tables.num_tables]);
-  std::vector<int64_t> rows, row_table, row_buf;
-  std::vector<float> buf;
-  for_each_lookup(tables, indices, offsets, batch, [&](int64_t t, int64_t b, int64_t r) {
-    const int64_t d0 = tables.d_offsets[t], dim = tables.d_offsets[t + 1] - d0;
-    if (slot[r] < 0) {
-      slot[r] = static_cast<int32_t>(rows.size());
-      rows.push_back(r);
-      row_table.push_back(t);
-      row_buf.push_back(static_cast<int64_t>(buf.size()));
-      buf.resize(buf.size() + dim, 0.0f);
-    }
-    float* acc = buf.data() + row_buf[slot[r]];
-    const float* g = grad_out + b * total_d + d0;
-    for (int64_t d = 0; d < dim; ++d) acc[d] += g[d];
-  });
-  for (int64_t r : rows) slot[r] = -1;
-  at::parallel_for(0, static_cast<int64_t>(rows.size()), 64, [&](int64_t begin, int64_t end) {
+  const RowGrads g = accumulate_rows(tables, indices, offsets, batch, grad_out, total_d);
+  at::parallel_for(0, static_cast<int64_t>(g.rows.size()), 64, [&](int64_t begin, int64_t end) {
     {
       Replayer owed(s);   // the steps a row still owes come first (none after the lookup's catch-up)
       for (int64_t u = begin; u < end; ++u) {
-        const int64_t t = row_table[u], pos = row_position(tables, t, rows[u]);
-        int64_t& last = row_step[rows[u]];
+        const int64_t t = g.row_table[u], pos = row_position(tables, t, g.rows[u]);
+        int64_t& last = row_step[g.rows[u]];
         if (replay) owed.owe(w + pos, m + pos, v + pos, tables.d_offsets[t + 1] - tables.d_offsets[t], last, step - 1);
       }
     }
     for (int64_t u = begin; u < end; ++u) {
-      const int64_t t = row_table[u], pos = row_position(tables, t, rows[u]);
-      adam_step(w + pos, m + pos, v + pos, buf.data() + row_buf[u], tables.d_offsets[t + 1] - tables.d_offsets[t],
+      const int64_t t = g.row_table[u], pos = row_position(tables, t, g.rows[u]);
+      adam_step(w + pos, m + pos, v + pos, g.buf.data() + g.row_buf[u], tables.d_offsets[t + 1] - tables.d_offsets[t],
                 step, s);
-      row_step[rows[u]] = step;
+      row_step[g.rows[u]] = step;
     }
   });
 }
@@ -267,8 +292,8 @@ void check_bags(const at::Tensor& indices, const at::Tensor& offsets, int64_t nu
 void sparse_adam_step(at::Tensor weights, at::Tensor exp_avg, at::Tensor exp_avg_sq, at::Tensor row_step,
                       const at::Tensor& weights_offsets, const at::Tensor& d_offsets,
                       const at::Tensor& hash_size_cumsum, const at::Tensor& indices, const at::Tensor& offsets,
-                      const at::Tensor& grad_output, int64_t step, double lr, double beta1, double beta2,
-                      double eps, double decay, bool replay) {
+                      const at::Tensor& grad_output, const c10::optional<at::Tensor>& grad_scales, int64_t step,
+                      double lr, double beta1, double beta2, double eps, double decay, bool replay) {
   check_state(weights, exp_avg, exp_avg_sq, row_step, weights_offsets, d_offsets, hash_size_cumsum);
   TORCH_CHECK(step >= 1, "sparse_adam: steps count from 1");
   const int64_t num_tables = weights_offsets.numel();
@@ -281,7 +306,7 @@ void sparse_adam_step(at::Tensor weights, at::Tensor exp_avg, at::Tensor exp_avg
   const auto idx = indices.contiguous(), off = offsets.contiguous();
   const Tables tables{weights_offsets.data_ptr<int64_t>(), d_offsets.data_ptr<int32_t>(),
                       hash_size_cumsum.data_ptr<int64_t>(), num_tables};
-  const auto s = scalars(lr, beta1, beta2, eps, decay);
+  const auto s = scalars(lr, beta1, beta2, eps, decay, grad_scales, step);
   AT_DISPATCH_INDEX_TYPES(idx.scalar_type(), "sparse_adam_step", [&] {
     step_rows<index_t>(weights.data_ptr<float>(), exp_avg.data_ptr<float>(), exp_avg_sq.data_ptr<float>(),
                        row_step.data_ptr<int64_t>(), tables, idx.data_ptr<index_t>(), off.data_ptr<index_t>(),
@@ -294,15 +319,15 @@ void sparse_adam_step(at::Tensor weights, at::Tensor exp_avg, at::Tensor exp_avg
 void sparse_adam_catch_up(at::Tensor weights, at::Tensor exp_avg, at::Tensor exp_avg_sq, at::Tensor row_step,
                           const at::Tensor& weights_offsets, const at::Tensor& d_offsets,
                           const at::Tensor& hash_size_cumsum, const c10::optional<at::Tensor>& indices,
-                          const c10::optional<at::Tensor>& offsets, int64_t step, double lr, double beta1,
-                          double beta2, double eps, double decay) {
+                          const c10::optional<at::Tensor>& offsets, const c10::optional<at::Tensor>& grad_scales,
+                          int64_t step, double lr, double beta1, double beta2, double eps, double decay) {
   check_state(weights, exp_avg, exp_avg_sq, row_step, weights_offsets, d_offsets, hash_size_cumsum);
   const int64_t num_tables = weights_offsets.numel();
   const Tables tables{weights_offsets.data_ptr<int64_t>(), d_offsets.data_ptr<int32_t>(),
                       hash_size_cumsum.data_ptr<int64_t>(), num_tables};
   float *w = weights.data_ptr<float>(), *m = exp_avg.data_ptr<float>(), *v = exp_avg_sq.data_ptr<float>();
   int64_t* rs = row_step.data_ptr<int64_t>();
-  const auto s = scalars(lr, beta1, beta2, eps, decay);
+  const auto s = scalars(lr, beta1, beta2, eps, decay, grad_scales, step);
   TORCH_CHECK(indices.has_value() == offsets.has_value(), "sparse_adam: give both indices and offsets, or neither");
   if (indices.has_value()) {
     check_bags(*indices, *offsets, num_tables);
@@ -325,22 +350,48 @@ void sparse_adam_catch_up(at::Tensor weights, at::Tensor exp_avg, at::Tensor exp
   }
 }
 
+// Sum of squares of the batch's gradient summed per distinct row (what a dense table's .grad holds
+// on those rows): the tables' part of the gradient norm that the trainer clips.
+double sparse_adam_grad_norm_sq(const at::Tensor& weights_offsets, const at::Tensor& d_offsets,
+                                const at::Tensor& hash_size_cumsum, const at::Tensor& indices,
+                                const at::Tensor& offsets, const at::Tensor& grad_output) {
+  const int64_t num_tables = weights_offsets.numel();
+  check_bags(indices, offsets, num_tables);
+  const auto grad = grad_output.contiguous();
+  TORCH_CHECK(grad.scalar_type() == at::kFloat && grad.dim() == 2, "sparse_adam: grad_output float32 [B, total_D]");
+  TORCH_CHECK(offsets.numel() == num_tables * grad.size(0) + 1, "sparse_adam: offsets need tables * batch + 1 entries");
+  const auto idx = indices.contiguous(), off = offsets.contiguous();
+  const Tables tables{weights_offsets.data_ptr<int64_t>(), d_offsets.data_ptr<int32_t>(),
+                      hash_size_cumsum.data_ptr<int64_t>(), num_tables};
+  double total = 0.0;
+  AT_DISPATCH_INDEX_TYPES(idx.scalar_type(), "sparse_adam_grad_norm_sq", [&] {
+    const RowGrads g = accumulate_rows(tables, idx.data_ptr<index_t>(), off.data_ptr<index_t>(), grad.size(0),
+                                       grad.data_ptr<float>(), grad.size(1));
+    for (float x : g.buf) total += static_cast<double>(x) * x;
+  });
+  return total;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(tf4ctr_fast, m) {
   m.def(
       "sparse_adam_step(Tensor(a!) weights, Tensor(b!) exp_avg, Tensor(c!) exp_avg_sq, Tensor(d!) row_step, "
       "Tensor weights_offsets, Tensor D_offsets, Tensor hash_size_cumsum, Tensor indices, Tensor offsets, "
-      "Tensor grad_output, int step, float lr, float beta1, float beta2, float eps, float decay, "
-      "bool replay) -> ()");
+      "Tensor grad_output, Tensor? grad_scales, int step, float lr, float beta1, float beta2, float eps, "
+      "float decay, bool replay) -> ()");
   m.def(
       "sparse_adam_catch_up(Tensor(a!) weights, Tensor(b!) exp_avg, Tensor(c!) exp_avg_sq, "
       "Tensor(d!) row_step, Tensor weights_offsets, Tensor D_offsets, Tensor hash_size_cumsum, "
-      "Tensor? indices, Tensor? offsets, int step, float lr, float beta1, float beta2, float eps, "
-      "float decay) -> ()");
+      "Tensor? indices, Tensor? offsets, Tensor? grad_scales, int step, float lr, float beta1, float beta2, "
+      "float eps, float decay) -> ()");
+  m.def(
+      "sparse_adam_grad_norm_sq(Tensor weights_offsets, Tensor D_offsets, Tensor hash_size_cumsum, "
+      "Tensor indices, Tensor offsets, Tensor grad_output) -> float");
 }
 
 TORCH_LIBRARY_IMPL(tf4ctr_fast, CPU, m) {
   m.impl("sparse_adam_step", &sparse_adam_step);
   m.impl("sparse_adam_catch_up", &sparse_adam_catch_up);
+  m.impl("sparse_adam_grad_norm_sq", &sparse_adam_grad_norm_sq);
 }

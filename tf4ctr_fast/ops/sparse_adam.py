@@ -23,3 +23,10 @@ def sparse_adam_catch_up(*args, reference_path: bool = False) -> None:
         torch.ops.tf4ctr_fast.sparse_adam_catch_up(*args)
     else:
         reference.sparse_adam_catch_up(*args)
+
+
+def sparse_adam_grad_norm_sq(*args, reference_path: bool = False) -> float:
+    """See reference.sparse_adam.sparse_adam_grad_norm_sq for the arguments."""
+    if HAS_KERNELS and not reference_path:
+        return torch.ops.tf4ctr_fast.sparse_adam_grad_norm_sq(*args)
+    return reference.sparse_adam_grad_norm_sq(*args)

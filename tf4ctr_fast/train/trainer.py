@@ -274,6 +274,17 @@ class _Local:
         self.main_model = model
         self.dense_params = _dense_parameters(model)
         self.sparse_optimizer = sparse_optimizer_of(model)
+        # Sparse adam (embedding/sparse_adam.py) clips its tables' gradient with the dense ones, like the
+        # reference's global norm: it keeps each batch's table gradient until clip_gradients.
+        self._clips_tables = callable(getattr(self.sparse_optimizer, "clip_and_step", None))
+        if self._clips_tables:
+            self.sparse_optimizer.deferred = True
+
+    def clip_gradients(self, max_norm: float) -> torch.Tensor:
+        """Clip the global gradient norm (the tables' too where the sparse optimizer can); its value."""
+        if self._clips_tables:
+            return self.sparse_optimizer.clip_and_step(self.dense_params, max_norm)
+        return nn.utils.clip_grad_norm_(self.dense_params, max_norm)
 
     def train_mode(self) -> None:
         self.main_model.train()
@@ -314,6 +325,10 @@ class _Sharded:
         tables = [f"{name}." for name, m in dmp.module.named_modules() if isinstance(m, FusedFieldTables)]
         self._dense_buffers = [b for name, b in dmp.module.named_buffers()
                                if not any(name.startswith(t) for t in tables)]
+
+    def clip_gradients(self, max_norm: float) -> torch.Tensor:
+        """Clip the dense gradients' global norm (the fused tables' gradients were consumed in backward)."""
+        return nn.utils.clip_grad_norm_(self.dense_params, max_norm)
 
     def train_mode(self) -> None:
         self.dmp.train()
@@ -541,7 +556,7 @@ def _train_epoch(replica: _Local | _Sharded, optimizer: torch.optim.Optimizer, l
             with autocast(precision, loader.device):
                 loss = replica.loss(x, y)
             loss.backward()                 # fused tables take their sparse optimizer step in here
-            norm_sum += nn.utils.clip_grad_norm_(replica.dense_params, tc.clip_norm)
+            norm_sum += replica.clip_gradients(tc.clip_norm)    # (or here: sparse adam, clipped with the rest)
             optimizer.step()
             run.loss_sum += loss.detach()
             run.steps_trained += 1

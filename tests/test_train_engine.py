@@ -22,7 +22,7 @@ from tf4ctr_fast.train.trainer import predict_proba, train  # noqa: E402
 
 
 def engine_cfg(out_dir, **train_keys):
-    cfg = make_cfg(out_dir, lr=0.01, sparse_lr=0.1, **train_keys)
+    cfg = make_cfg(out_dir, **{"lr": 0.01, "sparse_lr": 0.1, **train_keys})
     cfg.model = ModelConfig(backend="torchrec", embedding_dim=8, mlp_s_hidden=[16], mlp_c_hidden=[16, 16],
                             net_dropout=0.0, emb_reg=1e-3)
     return cfg
@@ -128,3 +128,39 @@ def test_bad_engine_config_names_the_key(tmp_path, changes, key):
     with pytest.raises(InputError, match=f"'{key}'"):
         train(cfg, data)
     assert not (tmp_path / "log.jsonl").exists()     # stopped before anything started
+
+
+def test_sparse_adam_trains_resumes_and_matches_an_uninterrupted_run(tmp_path, built, monkeypatch):
+    """train.sparse_optimizer adam through the trainer: it learns the planted problem, its checkpoint
+    predicts like the trained model, and a run that crashed mid-epoch resumes to the results of the
+    uninterrupted run (the optimizer's state: moments, per-row steps, clipping factors)."""
+    from tf4ctr_fast.embedding.sparse_adam import RowSparseAdam
+
+    data, _ = planted_data(rows=(512, 200, 100))
+    adam = {"sparse_optimizer": "adam", "sparse_lr": 0.01, "batch_size": 128, "epochs": 3}
+    whole = train(engine_cfg(tmp_path / "whole", **adam), data)
+    assert whole["valid"]["auc"] > 0.7
+    model = built["models"][0]
+    assert isinstance(model.sparse_optimizer(), RowSparseAdam) and model.sparse_optimizer().deferred
+    loaded, _, _ = load_checkpoint(whole["checkpoint"])
+    valid = data.split("valid")
+    np.testing.assert_allclose(predict_proba(loaded, valid, 128), predict_proba(model, valid, 128), rtol=1e-6)
+
+    step = RowSparseAdam.clip_and_step
+    calls = []
+
+    def fails_at_the_seventh(self, *args, **kwargs):       # 4 steps an epoch: in epoch 2
+        calls.append(1)
+        if len(calls) == 7:
+            raise RuntimeError("boom")
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(RowSparseAdam, "clip_and_step", fails_at_the_seventh)
+    cfg = engine_cfg(tmp_path / "run", checkpoint_every_steps=1, **adam)
+    with pytest.raises(RuntimeError, match="boom"):
+        train(cfg, data)
+    monkeypatch.setattr(RowSparseAdam, "clip_and_step", step)
+    resumed = train(cfg, data, resume=True)
+    for split in ("valid", "test"):
+        for key, value in whole[split].items():
+            assert resumed[split][key] == pytest.approx(value, rel=1e-5), (split, key)

@@ -231,10 +231,10 @@ def assert_adam_step_parity(reference: nn.Module, engine: nn.Module, ids: Tensor
             continue
         # Adam's first step is lr * g / (|g| + eps): where a gradient entry is rounding noise (the
         # batch-norm amplification of _zero_by_construction reaches the embeddings too) the step is
-        # noise on both sides. So: at most 0.1 % of the entries beyond 1e-4 (scaled), none beyond one
-        # step. A missed catch-up or another update rule moves most entries.
-        off = (got - want[name]).abs() > 1e-4 * float(want[name].abs().max())
-        assert off.float().mean() <= 1e-3, f"table {name}: {int(off.sum())} of {off.numel()} entries differ"
+        # noise on both sides. So: at most 0.1 % of the entries (and 2 in a small table) beyond 1e-4
+        # (scaled), none beyond one step. A missed catch-up or another update rule moves most entries.
+        off = int(((got - want[name]).abs() > 1e-4 * float(want[name].abs().max())).sum())
+        assert off <= max(2, 1e-3 * got.numel()), f"table {name}: {off} of {got.numel()} entries differ"
         assert float((got - want[name]).abs().max()) <= DENSE_LR, f"table {name}: an entry differs by a step"
     reference.train(), engine.train()
 

@@ -15,8 +15,9 @@ Frappe, so the first steps are clipped hard, and that shapes the whole run). The
 lets this optimizer hold each batch's table gradient until `clip_and_step`, which clips the dense
 gradients and the tables' rows by one factor computed from both, then takes the tables' step; the
 factor of every step is kept, and a replayed step uses its own. Left out of the norm: the rows the
-batch did not look up, whose gradient is emb_reg * w (their square sum is emb_reg^2 * ||W||^2, about
-1e-6 of the clip threshold at the paper's settings). Without the trainer (`deferred` False, the
+batch did not look up, whose gradient is emb_reg * w (their square sum emb_reg^2 * ||W||^2 is about
+1e-5 against a squared norm of 2e4 while the clip binds on Frappe; docs/embedding.md). Without the
+trainer (`deferred` False, the
 default) the step is taken in backward, unclipped, like FBGEMM's fused optimizers.
 
 The TBE of FusedFieldTables keeps the weights (so checkpoints, sharding and export see the usual

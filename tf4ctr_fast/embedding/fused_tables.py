@@ -121,23 +121,30 @@ class FusedTablesConfig:
             return RowWiseAdagrad, {"lr": self.lr, "eps": self.eps}
         if self.optimizer == "lazy_adam" and device.type == "cuda":
             return torch.optim.Adam, {"lr": self.lr, "eps": self.eps}
-        raise InputError(cpu_adam_only(self.optimizer, device))
+        raise InputError(adam_unsupported(self.optimizer, device, sharded=True) or
+                         f"sparse optimizer {self.optimizer!r} is not fused by FBGEMM on {device.type}")
 
     def runs_cpu_adam(self, device: torch.device) -> bool:
         """Whether our row-sparse Adam trains these tables (one process; FBGEMM holds the weights)."""
-        if self.optimizer == "adam" and device.type != "cpu":
-            raise InputError(cpu_adam_only(self.optimizer, device))
+        reason = adam_unsupported(self.optimizer, device, sharded=False)
+        if reason:
+            raise InputError(reason)
         return self.optimizer in CPU_ADAMS and device.type == "cpu"
 
 
-def cpu_adam_only(optimizer: str, device: torch.device) -> str:
-    """Why sparse optimizer `optimizer` cannot run FBGEMM-fused on `device` (sharded or on CUDA)."""
-    if optimizer == "adam":
+def adam_unsupported(optimizer: str, device: torch.device, sharded: bool) -> Optional[str]:
+    """Why sparse optimizer `optimizer` cannot train tables on `device` (sharded: under
+    DistributedModelParallel); None where it can. Ours run on CPU in one process, FBGEMM fuses
+    "lazy_adam" on CUDA."""
+    ours = device.type == "cpu" and not sharded
+    if optimizer == "adam" and not ours:
         return ("sparse optimizer 'adam' (dense Adam's result, docs/embedding.md) runs on CPU in one process "
                 f"only, not on {device.type} or sharded; use 'lazy_adam' (Adam on the looked-up rows), "
                 "'rowwise_adagrad' or 'sgd'")
-    return (f"sparse optimizer {optimizer!r} runs on CPU in one process only (FBGEMM's CPU kernel has no "
-            "Adam), not sharded; use 'rowwise_adagrad' or 'sgd' with --nproc on CPU")
+    if optimizer == "lazy_adam" and not (ours or device.type == "cuda"):
+        return ("sparse optimizer 'lazy_adam' runs on CPU in one process only (FBGEMM's CPU kernel has no "
+                "Adam), not sharded; use 'rowwise_adagrad' or 'sgd' with --nproc on CPU")
+    return None
 
 
 class _SplitPooled(torch.autograd.Function):
@@ -211,6 +218,7 @@ class FusedFieldTables(FieldTables):
         self.fields = fields or InputFields.of(cfg.vocab_sizes, cfg.field_names)
         device = torch.device(device or "cpu")
         tables = cfg.table_configs()
+        cpu_adam = fused and cfg.runs_cpu_adam(device)   # our Adam (embedding/sparse_adam.py)
         # The plain EBC draws a default init from the global generator, the fused one does not: both
         # are built on a forked generator, so that a sharded run (fused=False) and a one-process run
         # start from the same weights (their own init below draws the same numbers).
@@ -218,7 +226,6 @@ class FusedFieldTables(FieldTables):
         with torch.random.fork_rng(devices=gpus):
             if fused:
                 # Our Adam keeps its own state: the TBE only stores the weights (its SGD never runs).
-                cpu_adam = cfg.runs_cpu_adam(device)
                 optimizer, kwargs = (torch.optim.SGD, {"lr": cfg.lr}) if cpu_adam else cfg.fused_optimizer(device)
                 self.ebc: nn.Module = FusedEmbeddingBagCollection(tables, optimizer, kwargs, device=device)
             else:
@@ -242,7 +249,7 @@ class FusedFieldTables(FieldTables):
         self._has_mean = bool(mean.any())
         self._reg: Optional[Tensor] = None
         self._adam: Optional[RowSparseAdam] = None
-        if fused and cfg.runs_cpu_adam(device):
+        if cpu_adam:
             if not self._single_tbe:
                 raise InputError(f"sparse optimizer {cfg.optimizer!r}: torchrec did not put the tables in one TBE")
             self._adam = RowSparseAdam(self.ebc._emb_modules[0]._emb_module, cfg.lr, cfg.eps, cfg.emb_reg,

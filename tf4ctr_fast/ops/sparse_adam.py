@@ -9,24 +9,21 @@ from ..reference import sparse_adam as reference
 from . import HAS_KERNELS
 
 
+def _run(name: str, args: tuple, reference_path: bool):
+    op = getattr(torch.ops.tf4ctr_fast, name) if HAS_KERNELS and not reference_path else getattr(reference, name)
+    return op(*args)
+
+
 def sparse_adam_step(*args, reference_path: bool = False) -> None:
     """See reference.sparse_adam.sparse_adam_step for the arguments."""
-    if HAS_KERNELS and not reference_path:
-        torch.ops.tf4ctr_fast.sparse_adam_step(*args)
-    else:
-        reference.sparse_adam_step(*args)
+    _run("sparse_adam_step", args, reference_path)
 
 
 def sparse_adam_catch_up(*args, reference_path: bool = False) -> None:
     """See reference.sparse_adam.sparse_adam_catch_up for the arguments."""
-    if HAS_KERNELS and not reference_path:
-        torch.ops.tf4ctr_fast.sparse_adam_catch_up(*args)
-    else:
-        reference.sparse_adam_catch_up(*args)
+    _run("sparse_adam_catch_up", args, reference_path)
 
 
 def sparse_adam_grad_norm_sq(*args, reference_path: bool = False) -> float:
     """See reference.sparse_adam.sparse_adam_grad_norm_sq for the arguments."""
-    if HAS_KERNELS and not reference_path:
-        return torch.ops.tf4ctr_fast.sparse_adam_grad_norm_sq(*args)
-    return reference.sparse_adam_grad_norm_sq(*args)
+    return _run("sparse_adam_grad_norm_sq", args, reference_path)

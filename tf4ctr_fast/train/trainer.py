@@ -218,16 +218,15 @@ def _check_torchrec_config(cfg: RunConfig, device: torch.device) -> None:
     # Imported here: reference runs never load torchrec/fbgemm.
     from ..distributed import SHARDINGS
     from ..embedding import OPTIMIZERS
-    from ..embedding.fused_tables import cpu_adam_only
+    from ..embedding.fused_tables import adam_unsupported
 
     tc = cfg.train
     if tc.sparse_optimizer not in OPTIMIZERS:
         raise InputError(f"config key 'train.sparse_optimizer': {tc.sparse_optimizer!r} is not one of "
                          f"{', '.join(OPTIMIZERS)}")
-    # Our Adams (embedding/sparse_adam.py) run on CPU in one process; FBGEMM fuses "lazy_adam" on CUDA.
-    ours = device.type == "cpu" and tc.nproc == 1
-    if not {"adam": ours, "lazy_adam": ours or device.type == "cuda"}.get(tc.sparse_optimizer, True):
-        raise InputError(f"config key 'train.sparse_optimizer': {cpu_adam_only(tc.sparse_optimizer, device)}")
+    reason = adam_unsupported(tc.sparse_optimizer, device, sharded=tc.nproc > 1)
+    if reason:
+        raise InputError(f"config key 'train.sparse_optimizer': {reason}")
     if tc.sharding not in SHARDINGS:
         raise InputError(f"config key 'train.sharding': {tc.sharding!r} is not one of {', '.join(SHARDINGS)}")
     if tc.nproc == 1:

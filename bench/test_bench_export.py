@@ -7,6 +7,8 @@ on Criteo-schema synthetic ids, vocabulary total VOCAB. Probabilities out, eval 
              what the export converts to (docs/serving.md, "TorchRec models")
   exported   model.pt2: torch.export.load(...).module()
   aoti       model_aoti.pt2: torch._inductor.aoti_load_package(...)
+  aoti_tuned the same package compiled with export --aoti-tuned (export.AOTI_TUNED_OPTIONS: freezing +
+             max_autotune, for latency at small batches)
 
 Latency at batch 1, 16 and 256 (p50 and p99 of the timed rounds, in extra_info), throughput at 4096.
 Parity first: every form equals the eager model on the batch (also the warm-up). speedup_vs_eager:
@@ -27,7 +29,7 @@ from tf4ctr_fast.config import RunConfig
 from tf4ctr_fast.export import compile_aoti, export_program, serving_model_from
 
 VOCAB = 100_000
-FORMS = ("eager", "reference", "exported", "aoti")
+FORMS = ("eager", "reference", "exported", "aoti", "aoti_tuned")
 CASES = [(batch, form) for batch in (1, 16, 256, 4096) for form in FORMS]   # eager first per batch
 _eager_median: dict[int, float] = {}
 
@@ -49,13 +51,15 @@ def forms(env, tmp_path_factory):
     serving = serving_model_from(engine, cfg, schema)
     program = export_program(serving, len(vocab_sizes), ())
     setup["export_s"] = time.perf_counter() - start
-    start = time.perf_counter()
-    package = compile_aoti(program, tmp_path_factory.mktemp("export") / "model_aoti.pt2")
-    setup["aoti_compile_s"] = time.perf_counter() - start
+    packages = {}
+    for form, tuned in (("aoti", False), ("aoti_tuned", True)):
+        start = time.perf_counter()
+        packages[form] = compile_aoti(program, tmp_path_factory.mktemp("export") / "model_aoti.pt2", tuned)
+        setup[f"{form}_compile_s"] = time.perf_counter() - start
     return {"eager": lambda ids: torch.sigmoid(engine(ids)["logit"]),
             "reference": lambda ids: torch.sigmoid(reference(ids)["logit"]),
             "exported": program.module(),
-            "aoti": torch._inductor.aoti_load_package(str(package))}, setup, vocab_sizes
+            **{form: torch._inductor.aoti_load_package(str(path)) for form, path in packages.items()}}, setup, vocab_sizes
 
 
 @pytest.mark.parametrize("batch,form", CASES, ids=[f"B{b}-{f}" for b, f in CASES])
@@ -79,7 +83,7 @@ def test_export_serving(benchmark, env, forms, batch, form):
     benchmark.pedantic(call, rounds=rounds, warmup_rounds=min(20, rounds), iterations=1)
     record(benchmark, env, bench="export", case=f"B={batch}", path=form, batch=batch, vocab_total=VOCAB,
            **({"export_s": setup["export_s"]} if form == "exported" else {}),
-           **({"aoti_compile_s": setup["aoti_compile_s"]} if form == "aoti" else {}))
+           **({"aoti_compile_s": setup[f"{form}_compile_s"]} if form.startswith("aoti") else {}))
     if benchmark.stats is None:
         return
     stats = benchmark.stats.stats

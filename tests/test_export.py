@@ -115,21 +115,21 @@ def test_out_of_range_ids_score_as_oov_never_as_another_row():
                                rtol=0, atol=TOL)
 
 
-def aoti_equals_eager(name: str, tmp_path: Path) -> None:
+def aoti_equals_eager(name: str, tmp_path: Path, tuned: bool = False) -> None:
     import torch._inductor
 
     model, cfg = trained_like(name)
     program = export_program(serving_model_from(model, cfg, schema_of(BAGS)), len(VOCAB), BAGS)
-    runner = torch._inductor.aoti_load_package(str(compile_aoti(program, tmp_path / "model_aoti.pt2")))
+    runner = torch._inductor.aoti_load_package(str(compile_aoti(program, tmp_path / "model_aoti.pt2", tuned)))
     x, _ = batch(5, with_bags=True, n=20)
     want = eager_probabilities(model, x)
     for n in (20, 1):
         torch.testing.assert_close(runner(*flat_inputs(first_rows(x, n))), want[:n], rtol=0, atol=TOL)
 
 
-@pytest.mark.parametrize("name", ["DeepFM", "DCNv2"])
-def test_aoti_package_equals_the_eager_model(name, tmp_path):
-    aoti_equals_eager(name, tmp_path)
+@pytest.mark.parametrize("name, tuned", [("DeepFM", False), ("DCNv2", True)])
+def test_aoti_package_equals_the_eager_model(name, tuned, tmp_path):
+    aoti_equals_eager(name, tmp_path, tuned)
 
 
 @pytest.mark.slow
@@ -222,6 +222,22 @@ def test_export_folder_holds_program_package_vocabularies_and_manifest(exported)
     offsets = np.load(out / "vocab_offsets.npy")
     assert [f["num_known"] for f in manifest["fields"]] == np.diff(offsets).tolist()
     assert [f["vocab_size"] for f in manifest["fields"]] == [n + 2 for n in np.diff(offsets).tolist()]
+    assert manifest["aoti_inductor_options"] == {}
+
+
+def test_exported_aoti_package_equals_the_program(exported):
+    import torch._inductor
+
+    _, out = exported
+    program = torch.export.load(str(out / "model.pt2")).module()
+    runner = torch._inductor.aoti_load_package(str(out / "model_aoti.pt2"))
+    manifest = json.loads((out / "manifest.json").read_text())
+    vocab_sizes = torch.tensor([f["vocab_size"] for f in manifest["fields"]])
+    ids = (torch.rand(33, len(vocab_sizes), generator=torch.Generator().manual_seed(0)) * vocab_sizes).long()
+    with torch.no_grad():
+        want = program(ids)
+        for n in (33, 1):
+            torch.testing.assert_close(runner(ids[:n]), want[:n], rtol=0, atol=TOL)
 
 
 def test_predict_model_equals_predict_checkpoint(exported, tmp_path, capsys):

@@ -159,6 +159,10 @@ def _parser() -> argparse.ArgumentParser:
     p_export.add_argument("--output", required=True, help="folder to write (replaced only if it is an export)")
     p_export.add_argument("--no-aoti", action="store_true",
                           help="skip model_aoti.pt2 (the AOTInductor compile takes a minute or more on a CPU)")
+    p_export.add_argument("--aoti-tuned", action="store_true",
+                          help="compile model_aoti.pt2 for latency at small batches (Inductor freezing + "
+                               "max_autotune): faster at batch 1, slower from batch 16 up, twice the compile "
+                               "time (docs/serving.md)")
     return parser
 
 
@@ -253,7 +257,7 @@ def cmd_evaluate(args) -> dict:
 def cmd_export(args) -> Path:
     from .export import export_checkpoint
 
-    out = export_checkpoint(args.checkpoint, args.output, aoti=not args.no_aoti)
+    out = export_checkpoint(args.checkpoint, args.output, aoti=not args.no_aoti, aoti_tuned=args.aoti_tuned)
     print(f"exported {args.checkpoint} -> {out}")
     return out
 

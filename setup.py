@@ -71,7 +71,7 @@ setup(
     # The kernel sources live at the top level (kernels/) and ship as tf4ctr_fast.kernels: a
     # top-level module named `kernels` would collide with anything else of that name.
     package_dir={"tf4ctr_fast": "tf4ctr_fast", "tf4ctr_fast.kernels": "kernels"},
-    package_data={"tf4ctr_fast.kernels": ["*.cpp"]},
+    package_data={"tf4ctr_fast.kernels": ["*.cpp", "*.h"]},
     ext_modules=[CMakeExtension("tf4ctr_fast._C")],
     cmdclass={"build_ext": CMakeBuild},
     install_requires=["numpy", "pyyaml", "tqdm", "matplotlib", "torch"],

@@ -19,6 +19,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "target_clones.h"
+
 namespace {
 
 struct AdamScalars {
@@ -47,13 +49,6 @@ inline void adam_coordinate(float& w, float& m, float& v, float g, StepScalars k
   const float denom = std::sqrt(v) / k.bias2_sqrt + eps;
   w = w + (-k.step_size) * m / denom;                    // param.addcdiv_(m, denom, -step_size)
 }
-
-#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
-// Compiled for AVX-512, AVX2 and baseline x86-64, picked at load time: portable wheels still vectorize.
-#define TF4CTR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define TF4CTR_CLONES
-#endif
 
 // One Adam step on n coordinates with the given gradient.
 TF4CTR_CLONES

@@ -56,7 +56,7 @@ def test_engine_keys_defaults_and_overrides():
     cfg = load_config()
     assert cfg.model.backend == "reference"          # the paper's dense-Adam embeddings unless asked
     assert (cfg.train.sparse_optimizer, cfg.train.sparse_lr, cfg.train.nproc, cfg.train.sharding) == \
-        ("rowwise_adagrad", 0.01, 1, "table_wise")
+        ("auto", None, 1, "table_wise")       # resolved per device by the trainer (test_train_engine.py)
     cfg = load_config(None, ["model.backend=torchrec", "train.sparse_optimizer=sgd", "train.sparse_lr=0.05",
                              "train.sparse_eps=1e-6", "train.nproc=2", "train.sharding=column_wise"])
     assert (cfg.model.backend, cfg.train.sparse_optimizer, cfg.train.sparse_lr, cfg.train.sparse_eps,

@@ -8,6 +8,7 @@ from torch import nn
 
 from tf4ctr_fast.errors import InputError
 from tf4ctr_fast.reference.dfm import CF, VF, WSF, MoEF, SumFusion, build_dfm
+from tf4ctr_fast.layers.dropout import Dropout
 from tf4ctr_fast.layers.embedding import FieldEmbeddings
 from tf4ctr_fast.layers.mlp import MLPBlock
 from tf4ctr_fast.layers.ssem import GM, SER, MoE, Share, build_ssem
@@ -39,7 +40,7 @@ def assert_every_parameter_has_gradient(module: nn.Module) -> None:
 def test_mlp_block_layer_order_and_hand_forward():
     block = MLPBlock(6, [5, 3], batch_norm=True, dropout=0.2)
     kinds = [type(m) for m in block.layers]
-    assert kinds == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Dropout] * 2
+    assert kinds == [nn.Linear, nn.BatchNorm1d, nn.ReLU, Dropout] * 2
     assert block.output_dim == 3
 
     plain = MLPBlock(6, [5, 3], batch_norm=False, dropout=0.0)

@@ -116,6 +116,14 @@ def test_tiny_sweep_runs_every_pair_then_skips_finished(tmp_path, capsys):
     assert "(4 finished already)" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/seed*/results.json")} == stamps
 
+    # --table-only over a larger grid: the table of what is finished, seed 3 listed missing, nothing run
+    wider = [a if a != "1-2" else "1-3" for a in argv] + ["--table-only"]
+    assert cli.main(wider) == 0
+    assert "table only" in capsys.readouterr().out
+    assert not list(out.glob("*/seed3*"))
+    rows = {r["configuration"]: r for r in json.loads((out / "sweep.json").read_text())["rows"]}
+    assert all(r["seeds"] == [1, 2] and r["missing_seeds"] == [3] for r in rows.values())
+
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a run that fails at run time: CUDA on a CPU-only box")
 def test_failed_run_exits_1_and_the_others_finish(tmp_path, capsys):

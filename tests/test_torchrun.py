@@ -24,7 +24,8 @@ pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="gloo ranks on
 
 ENGINE = ["model.backend=torchrec", "model.embedding_dim=8", "model.mlp_s_hidden=[16]",
           "model.mlp_c_hidden=[16,16]", "model.emb_reg=0", "model.batch_norm=false",
-          "model.net_dropout=0", "train.sparse_lr=0.1", "train.lr=0.01", "train.batch_size=64",
+          "model.net_dropout=0", "train.sparse_optimizer=rowwise_adagrad", "train.sparse_lr=0.1",
+          "train.lr=0.01", "train.batch_size=64",
           "train.eval_batch_size=199", "train.epochs=3", "train.patience=5", "train.progress=false",
           "train.num_threads=1"]
 

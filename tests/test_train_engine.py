@@ -22,7 +22,7 @@ from tf4ctr_fast.train.trainer import predict_proba, train  # noqa: E402
 
 
 def engine_cfg(out_dir, **train_keys):
-    cfg = make_cfg(out_dir, **{"lr": 0.01, "sparse_lr": 0.1, **train_keys})
+    cfg = make_cfg(out_dir, **{"lr": 0.01, "sparse_optimizer": "rowwise_adagrad", "sparse_lr": 0.1, **train_keys})
     cfg.model = ModelConfig(backend="torchrec", embedding_dim=8, mlp_s_hidden=[16], mlp_c_hidden=[16, 16],
                             net_dropout=0.0, emb_reg=1e-3)
     return cfg
@@ -96,6 +96,36 @@ def test_plateau_decay_reaches_the_fused_kernels(tmp_path, built, monkeypatch):
     # what FBGEMM's kernels will use, not only the optimizer's bookkeeping
     kernels = [lookup._emb_module for lookup in model.ssem.ebc._emb_modules]
     assert kernels and all(k.get_learning_rate() == pytest.approx(2e-3) for k in kernels)
+
+
+@pytest.mark.parametrize("device, nproc, keys, want", [
+    ("cpu", 1, {}, ("adam", 0.01)),                                   # the one at parity: lr = train.lr
+    ("cpu", 2, {}, ("rowwise_adagrad", 0.01)),                        # ours runs in one process only
+    ("cuda", 1, {}, ("rowwise_adagrad", 0.01)),
+    ("cpu", 1, {"sparse_lr": 0.05}, ("adam", 0.05)),
+    ("cpu", 2, {"sparse_lr": 0.05}, ("rowwise_adagrad", 0.05)),
+    ("cpu", 1, {"sparse_optimizer": "lazy_adam"}, ("lazy_adam", 0.01)),
+    ("cpu", 1, {"sparse_optimizer": "sgd"}, ("sgd", 0.01)),
+    ("cpu", 1, {"sparse_optimizer": "rowwise_adagrad", "sparse_lr": 0.2}, ("rowwise_adagrad", 0.2)),
+], ids=str)
+def test_auto_sparse_optimizer_and_lr_resolve_per_device(tmp_path, device, nproc, keys, want):
+    cfg = make_cfg(tmp_path, **{"lr": 0.01, "sparse_optimizer": "auto", "sparse_lr": None, "nproc": nproc, **keys})
+    cfg.model = ModelConfig(backend="torchrec")
+    got = trainer.resolve_sparse_optimizer(cfg, torch.device(device))
+    assert (got.train.sparse_optimizer, got.train.sparse_lr) == pytest.approx(want)
+    cfg.model = ModelConfig(backend="reference")            # no sparse optimizer: left as configured
+    assert trainer.resolve_sparse_optimizer(cfg, torch.device(device)) is cfg
+
+
+def test_default_sparse_optimizer_is_logged_and_checkpointed_resolved(tmp_path, built):
+    data, _ = planted_data(rows=(256, 100, 50))
+    train(engine_cfg(tmp_path, epochs=1, sparse_optimizer="auto", sparse_lr=None), data)
+    [params] = [r for r in read_log(tmp_path / "log.jsonl") if r["event"] == "params"]
+    assert (params["config"]["train"]["sparse_optimizer"], params["config"]["train"]["sparse_lr"]) == ("adam", 0.01)
+    [model] = built["models"]
+    assert type(model.sparse_optimizer()).__name__ == "RowSparseAdam"
+    _, cfg, _ = load_checkpoint(tmp_path / "best.pt", "cpu")
+    assert (cfg.train.sparse_optimizer, cfg.train.sparse_lr) == ("adam", 0.01)
 
 
 def test_reference_backend_has_no_sparse_lr(tmp_path):

@@ -38,12 +38,13 @@ How the embeddings are trained depends on model.backend:
                        rest of the network, over whole tables, and the L2 regularizer (model.emb_reg)
                        covers the whole tables every batch: the paper's (FuxiCTR's) exact objective.
   torchrec             every model; the tables are updated inside backward by a fused sparse
-                       optimizer (train.sparse_optimizer, lr train.sparse_lr, default 0.01) touching
-                       only the rows a batch looks up: rowwise_adagrad (default) or sgd (FBGEMM; CPU,
-                       CUDA, sharded), adam (CPU, one process: the rows replay the steps they missed,
-                       so the result is the reference's dense Adam with the whole-table L2; use
-                       sparse_lr = train.lr), lazy_adam (Adam on the looked-up rows; CPU one process,
-                       CUDA). The L2 covers the looked-up rows (REFERENCE.md "Our decisions" 3;
+                       optimizer (train.sparse_optimizer, lr train.sparse_lr) touching only
+                       the rows a batch looks up: adam (CPU, one process: the rows replay the steps
+                       they missed, so the result is the reference's dense Adam with the whole-table
+                       L2), rowwise_adagrad or sgd (FBGEMM; CPU, CUDA, sharded), lazy_adam (Adam on
+                       the looked-up rows; CPU one process, CUDA). Default "auto": adam where it runs,
+                       else rowwise_adagrad; sparse_lr defaults to train.lr for the Adam kinds, 0.01
+                       for the others. The L2 covers the looked-up rows (REFERENCE.md "Our decisions" 3;
                        docs/embedding.md). Adam (train.lr) trains the dense parameters. Needed for
                        --nproc > 1 (train.sharding: table_wise, column_wise, row_wise on CUDA).
 """
@@ -129,6 +130,8 @@ def _parser() -> argparse.ArgumentParser:
                               "(default: the first)")
     p_sweep.add_argument("--jobs", type=int, default=1, help="runs at once; the CPU threads are split between them")
     p_sweep.add_argument("--out", help="sweep folder (default: sweeps/<config name>)")
+    p_sweep.add_argument("--table-only", action="store_true",
+                         help="write sweep.md / sweep.json from the runs finished so far and run nothing")
     p_eval = sub.add_parser("evaluate", help="AUC / gAUC / logloss of a checkpoint on a prepared split")
     p_eval.add_argument("--checkpoint", required=True, help="checkpoint file or run folder")
     p_eval.add_argument("--data", help="prepared folder (default: the one the run was trained on)")
@@ -231,7 +234,8 @@ def _print_result(result: dict) -> None:
 def cmd_sweep(args) -> int:
     from .sweep import sweep
 
-    summary = sweep(args.config, args.overrides, args.seeds, args.grid, args.baseline, args.jobs, args.out)
+    summary = sweep(args.config, args.overrides, args.seeds, args.grid, args.baseline, args.jobs, args.out,
+                    table_only=args.table_only)
     return 1 if summary["failed"] else 0
 
 

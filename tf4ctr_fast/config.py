@@ -163,11 +163,14 @@ class TrainConfig:
     # model.backend "torchrec" only: the fused optimizer of the embedding tables. Adam (lr above) still
     # trains every other parameter. "rowwise_adagrad" | "sgd": FBGEMM's, on CPU and CUDA, sharded too;
     # "adam": ours, CPU, one process, the reference's dense Adam with the whole-table L2 replayed on the
-    # looked-up rows (docs/embedding.md "Sparse Adam"; give it sparse_lr = lr); "lazy_adam": Adam on the
-    # looked-up rows only (ours on CPU, one process; FBGEMM's on CUDA). Row-wise Adagrad usually wants a
-    # larger lr than Adam (0.01-0.05). The plateau decay (lr_decay, min_lr) applies to sparse_lr too.
-    sparse_optimizer: str = "rowwise_adagrad"
-    sparse_lr: float = 0.01
+    # looked-up rows (docs/embedding.md "Sparse Adam"); "lazy_adam": Adam on the looked-up rows only
+    # (ours on CPU, one process; FBGEMM's on CUDA); "auto" (default): "adam" where it runs (the one at
+    # parity with the reference, docs/results.md "Sparse adam"), else "rowwise_adagrad".
+    # sparse_lr: None (default) = lr for adam and lazy_adam, 0.01 for rowwise_adagrad and sgd (row-wise
+    # Adagrad wants a larger lr than Adam: 0.01-0.05). The run's log and checkpoints hold the resolved
+    # pair (trainer.resolve_sparse_optimizer). The plateau decay (lr_decay, min_lr) applies to it too.
+    sparse_optimizer: str = "auto"
+    sparse_lr: Optional[float] = None
     sparse_eps: float = 1e-8
     # Local data-parallel processes (model.backend "torchrec" only): each takes a slice of every batch,
     # the tables are sharded across them. One GPU per process when CUDA is available, else gloo on CPU.

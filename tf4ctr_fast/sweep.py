@@ -392,7 +392,10 @@ def write_table(out: Path, runs: Sequence[Run], baseline: str, command: str) -> 
 # ---- the command ------------------------------------------------------------------------------------
 
 def sweep(config_path: Optional[str], overrides: Sequence[str], seeds_text: str, grid_items: Sequence[str],
-          baseline: Optional[str], jobs: int, out: Optional[str], progress: bool = True) -> dict:
+          baseline: Optional[str], jobs: int, out: Optional[str], progress: bool = True,
+          table_only: bool = False) -> dict:
+    """Run the grid's missing runs, then write the table; table_only: write the table of the runs
+    finished so far and run nothing (a sweep still running writes its own table when it ends)."""
     if jobs < 1:
         raise InputError(f"--jobs: expected at least 1, got {jobs}")
     if config_path and not Path(config_path).is_file():
@@ -411,12 +414,16 @@ def sweep(config_path: Optional[str], overrides: Sequence[str], seeds_text: str,
                                                   f"--out {out_dir}"] + list(overrides))
     done = sum(r.finished for r in runs)
     print(f"sweep: {len(configs)} configuration(s) x {len(seeds)} seed(s) = {len(runs)} runs in {out_dir} "
-          f"({done} finished already), {jobs} at once", flush=True)
-    check_and_prepare(config_path, overrides, configs)
-    try:
-        codes = run_all(runs, config_path, overrides, jobs, progress)
-    finally:
-        summary = write_table(out_dir, runs, baseline, command)   # also after Ctrl-C: what is done
+          f"({done} finished already)" + (", table only" if table_only else f", {jobs} at once"), flush=True)
+    codes: dict[str, int] = {}
+    if table_only:
+        summary = write_table(out_dir, runs, baseline, command)
+    else:
+        check_and_prepare(config_path, overrides, configs)
+        try:
+            codes = run_all(runs, config_path, overrides, jobs, progress)
+        finally:
+            summary = write_table(out_dir, runs, baseline, command)   # also after Ctrl-C: what is done
     failed = [path for path, code in codes.items() if code != 0]
     print(to_markdown(summary, f"Sweep {out_dir.name}"))
     print(f"table: {out_dir / 'sweep.md'} (and sweep.json)")

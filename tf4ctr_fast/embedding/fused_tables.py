@@ -147,6 +147,20 @@ def adam_unsupported(optimizer: str, device: torch.device, sharded: bool) -> Opt
     return None
 
 
+# train.sparse_lr when unset, by sparse optimizer; the Adam kinds take the dense lr (the reference's one
+# Adam trains its tables at that lr).
+DEFAULT_SPARSE_LR = {"rowwise_adagrad": 0.01, "sgd": 0.01}
+
+
+def resolve_sparse(optimizer: str, lr: Optional[float], dense_lr: float, device: torch.device,
+                   sharded: bool) -> tuple[str, float]:
+    """(optimizer, lr) with optimizer "auto" and lr None made concrete: "auto" is "adam" where it runs
+    (the sparse optimizer at parity with the reference backend), else "rowwise_adagrad"."""
+    if optimizer == "auto":
+        optimizer = "adam" if adam_unsupported("adam", device, sharded) is None else "rowwise_adagrad"
+    return optimizer, (lr if lr is not None else DEFAULT_SPARSE_LR.get(optimizer, dense_lr))
+
+
 class _SplitPooled(torch.autograd.Function):
     """pooled [B + R, sum of widths] -> (part per kind [B, width_k] ..., (lambda/2) * ||pooled[B:]||^2).
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from .dropout import Dropout
+
 
 class MultiHeadSelfAttention(nn.Module):
     """x [B, F, input_dim] -> [B, F, attention_dim]: per head softmax(Q K^T [/ sqrt(head_dim)]) V, heads
@@ -19,7 +21,7 @@ class MultiHeadSelfAttention(nn.Module):
         self.use_residual = use_residual
         self.w_res = (nn.Linear(input_dim, attention_dim, bias=False)
                       if use_residual and input_dim != attention_dim else None)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else None
+        self.dropout = Dropout(dropout) if dropout > 0 else None
         self.layer_norm = nn.LayerNorm(attention_dim) if layer_norm else None
 
     def _heads(self, x: Tensor) -> Tensor:

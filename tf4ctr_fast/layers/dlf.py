@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from .dropout import Dropout
 from .init import reset_linear_layers_
 from .mlp import MLPBlock
 
@@ -73,7 +74,7 @@ class AttentionTokens(nn.Module):
         self.w_q = nn.Linear(dim, dim, bias=False)
         self.w_k = nn.Linear(dim, dim, bias=False)
         self.w_v = nn.Linear(dim, dim, bias=False)
-        self.attention_dropout = nn.Dropout(dropout) if dropout > 0 else None
+        self.attention_dropout = Dropout(dropout) if dropout > 0 else None
         self.norm = nn.LayerNorm(num_in * dim)
         self.mlp = MLPBlock(num_in * dim, hidden_units, batch_norm, dropout, output_dim=num_out * dim)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .dropout import Dropout
+
 
 class EulerInteraction(nn.Module):
     """(r, p) [B, in_fields, d] -> (r, p) [B, out_fields, d], a complex vector per field as real part r
@@ -29,8 +31,8 @@ class EulerInteraction(nn.Module):
         nn.init.xavier_uniform_(self.implicit.weight)
         self.bias_modulus = nn.Parameter(torch.randn(1, dim, out_fields) * 0.01)
         self.bias_phase = nn.Parameter(torch.randn(1, dim, out_fields) * 0.01)
-        self.explicit_dropout = nn.Dropout(explicit_dropout)
-        self.implicit_dropout = nn.Dropout(implicit_dropout)
+        self.explicit_dropout = Dropout(explicit_dropout)
+        self.implicit_dropout = Dropout(implicit_dropout)
         self.norm_r = nn.LayerNorm([dim]) if layer_norm else None
         self.norm_p = nn.LayerNorm([dim]) if layer_norm else None
 

@@ -5,6 +5,7 @@ from typing import Optional, Sequence
 
 from torch import Tensor, nn
 
+from .dropout import Dropout
 from .init import xavier_linear
 
 
@@ -28,7 +29,7 @@ class MLPBlock(nn.Module):
                 layers.append(nn.BatchNorm1d(units))
             layers.append(nn.ReLU())
             if dropout > 0:
-                layers.append(nn.Dropout(dropout))
+                layers.append(Dropout(dropout))
             width = units
         if output_dim is not None:
             layers.append(xavier_linear(width, output_dim))

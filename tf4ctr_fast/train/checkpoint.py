@@ -38,9 +38,15 @@ def _build_model(cfg: RunConfig, field_names: Sequence[str], vocab_sizes: Sequen
     loads on any device). The reference backend ignores it. The model itself: models.build_model.
     """
     tc = cfg.train
+    optimizer, lr = tc.sparse_optimizer, tc.sparse_lr
+    if cfg.model.backend == "torchrec" and (optimizer == "auto" or lr is None):
+        # a config that did not pass through train() (which logs the resolved pair): one process here
+        from ..embedding.fused_tables import resolve_sparse
+
+        optimizer, lr = resolve_sparse(optimizer, lr, tc.lr, device or torch.device("cpu"), sharded=False)
     return build_model(cfg.model, list(vocab_sizes), bag_fields, field_names=list(field_names),
-                       sparse_optimizer=tc.sparse_optimizer, sparse_lr=tc.sparse_lr, sparse_eps=tc.sparse_eps,
-                       device=device, fused=fused)
+                       sparse_optimizer=optimizer, sparse_lr=lr if lr is not None else tc.lr,
+                       sparse_eps=tc.sparse_eps, device=device, fused=fused)
 
 
 def sparse_optimizer_of(model: nn.Module) -> Optional[Any]:

@@ -33,6 +33,7 @@ difficulty.png, results.json (written last: its presence marks a finished run). 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import json
 import logging
@@ -211,6 +212,20 @@ def _check_config(cfg: RunConfig, data: Any, device: torch.device) -> None:
             raise InputError(f"{getattr(data, 'path', 'the dataset')}: the valid split has only one class (all {len(labels):,} labels "
                              f"are {labels[0]:g}), so its AUC (train.monitor {tc.monitor!r}) is undefined; "
                              "check the label column and the split")
+
+
+def resolve_sparse_optimizer(cfg: RunConfig, device: torch.device) -> RunConfig:
+    """cfg with train.sparse_optimizer "auto" and train.sparse_lr None made concrete for `device`
+    (fused_tables.resolve_sparse); the same cfg for the reference backend, whose tables have no sparse
+    optimizer. An unknown name is left for _check_torchrec_config to refuse."""
+    tc = cfg.train
+    if cfg.model.backend != "torchrec" or (tc.sparse_optimizer != "auto" and tc.sparse_lr is not None):
+        return cfg
+    from ..embedding.fused_tables import resolve_sparse    # (reference runs never load torchrec)
+
+    name, lr = resolve_sparse(tc.sparse_optimizer, tc.sparse_lr, tc.lr, device,
+                              sharded=tc.nproc > 1 or launched() is not None)
+    return dataclasses.replace(cfg, train=dataclasses.replace(tc, sparse_optimizer=name, sparse_lr=lr))
 
 
 def _check_torchrec_config(cfg: RunConfig, device: torch.device) -> None:
@@ -627,8 +642,9 @@ def train(cfg: RunConfig, data: Any, model: Optional[nn.Module] = None, *, overw
     The run folder (train.out_dir) is locked for the run; a run already there is replaced only with
     `overwrite`, or continued from its last.pt with `resume` (cfg: that run's own,
     runfolder.resume_config). See runfolder.py."""
+    device = resolve_device(cfg.train.device)
+    cfg = resolve_sparse_optimizer(cfg, device)
     tc = cfg.train
-    device = resolve_device(tc.device)
     _check_config(cfg, data, device)
     if resume and tc.nproc > 1:
         raise InputError("--resume: a run with train.nproc > 1 cannot be resumed (it writes no last.pt)")

@@ -48,11 +48,13 @@ def pytest_configure(config):
 
 
 def pytest_report_header(config):
-    load, cores = os.getloadavg()[0], os.cpu_count() or 1
-    line = f"tf4ctr_fast bench: torch threads {torch.get_num_threads()}, load average {load:.1f} on {cores} cores"
-    if load > cores and torch.get_num_threads() > 1:
-        line += ("\nWARNING: the machine is oversubscribed; multi-threaded CPU timings will be erratic "
-                 "(threads wait on each other): consider --bench-threads 1")
+    from tf4ctr_fast.train.trainer import oversubscription   # the trainer's rule, one definition
+
+    load, cores, threads = os.getloadavg()[0], os.cpu_count() or 1, torch.get_num_threads()
+    line = f"tf4ctr_fast bench: torch threads {threads}, load average {load:.1f} on {cores} cores"
+    warning = oversubscription(threads, load, cores)
+    if warning:
+        line += f"\nWARNING: {warning}; CPU timings will be erratic: consider --bench-threads 1"
     return line
 
 

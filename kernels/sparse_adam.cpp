@@ -139,6 +139,16 @@ struct Tables {
   int64_t num_tables;
 };
 
+// The tables' layout tensors (FBGEMM's TBE): dtypes and one entry per table (plus one).
+void check_layout(const at::Tensor& weights_offsets, const at::Tensor& d_offsets, const at::Tensor& hash_size_cumsum) {
+  TORCH_CHECK(weights_offsets.scalar_type() == at::kLong && hash_size_cumsum.scalar_type() == at::kLong &&
+                  d_offsets.scalar_type() == at::kInt,
+              "sparse_adam: weights_offsets/hash_size_cumsum int64, D_offsets int32 (FBGEMM's TBE layout)");
+  const int64_t num_tables = weights_offsets.numel();
+  TORCH_CHECK(d_offsets.numel() == num_tables + 1 && hash_size_cumsum.numel() == num_tables + 1,
+              "sparse_adam: D_offsets and hash_size_cumsum need one entry per table plus one");
+}
+
 void check_state(const at::Tensor& weights, const at::Tensor& exp_avg, const at::Tensor& exp_avg_sq,
                  const at::Tensor& row_step, const at::Tensor& weights_offsets, const at::Tensor& d_offsets,
                  const at::Tensor& hash_size_cumsum) {
@@ -148,13 +158,8 @@ void check_state(const at::Tensor& weights, const at::Tensor& exp_avg, const at:
     TORCH_CHECK(t->numel() == weights.numel(), "sparse_adam: Adam state sized unlike the weights");
   }
   TORCH_CHECK(row_step.scalar_type() == at::kLong && row_step.is_contiguous(), "sparse_adam: row_step int64");
-  TORCH_CHECK(weights_offsets.scalar_type() == at::kLong && hash_size_cumsum.scalar_type() == at::kLong &&
-                  d_offsets.scalar_type() == at::kInt,
-              "sparse_adam: weights_offsets/hash_size_cumsum int64, D_offsets int32 (FBGEMM's TBE layout)");
-  const int64_t num_tables = weights_offsets.numel();
-  TORCH_CHECK(d_offsets.numel() == num_tables + 1 && hash_size_cumsum.numel() == num_tables + 1,
-              "sparse_adam: D_offsets and hash_size_cumsum need one entry per table plus one");
-  TORCH_CHECK(row_step.numel() == hash_size_cumsum[num_tables].item<int64_t>(),
+  check_layout(weights_offsets, d_offsets, hash_size_cumsum);
+  TORCH_CHECK(row_step.numel() == hash_size_cumsum[weights_offsets.numel()].item<int64_t>(),
               "sparse_adam: row_step needs one entry per table row");
 }
 
@@ -282,6 +287,17 @@ void check_bags(const at::Tensor& indices, const at::Tensor& offsets, int64_t nu
   TORCH_CHECK((offsets.numel() - 1) % num_tables == 0, "sparse_adam: offsets need tables * batch + 1 entries");
 }
 
+// grad_output of the lookup, contiguous: float32 [batch, total_D], batch matching the bags and total_D
+// the layout's (the kernels index it by both).
+at::Tensor checked_grad(const at::Tensor& grad_output, const at::Tensor& offsets, const at::Tensor& d_offsets,
+                        int64_t num_tables) {
+  auto grad = grad_output.contiguous();
+  TORCH_CHECK(grad.scalar_type() == at::kFloat && grad.dim() == 2, "sparse_adam: grad_output float32 [B, total_D]");
+  TORCH_CHECK(offsets.numel() == num_tables * grad.size(0) + 1, "sparse_adam: offsets need tables * batch + 1 entries");
+  TORCH_CHECK(d_offsets[num_tables].item<int32_t>() == grad.size(1), "sparse_adam: grad_output width != total_D");
+  return grad;
+}
+
 // The lookup's backward with the optimizer step fused in. indices/offsets are the TBE's (bags
 // table-major: bag t * batch + b), grad_output [batch, total_D] the gradient of its pooled output.
 void sparse_adam_step(at::Tensor weights, at::Tensor exp_avg, at::Tensor exp_avg_sq, at::Tensor row_step,
@@ -293,11 +309,8 @@ void sparse_adam_step(at::Tensor weights, at::Tensor exp_avg, at::Tensor exp_avg
   TORCH_CHECK(step >= 1, "sparse_adam: steps count from 1");
   const int64_t num_tables = weights_offsets.numel();
   check_bags(indices, offsets, num_tables);
-  const auto grad = grad_output.contiguous();
-  TORCH_CHECK(grad.scalar_type() == at::kFloat && grad.dim() == 2, "sparse_adam: grad_output float32 [B, total_D]");
+  const auto grad = checked_grad(grad_output, offsets, d_offsets, num_tables);
   const int64_t batch = grad.size(0), total_d = grad.size(1);
-  TORCH_CHECK(offsets.numel() == num_tables * batch + 1, "sparse_adam: offsets need tables * batch + 1 entries");
-  TORCH_CHECK(d_offsets[num_tables].item<int32_t>() == total_d, "sparse_adam: grad_output width != total_D");
   const auto idx = indices.contiguous(), off = offsets.contiguous();
   const Tables tables{weights_offsets.data_ptr<int64_t>(), d_offsets.data_ptr<int32_t>(),
                       hash_size_cumsum.data_ptr<int64_t>(), num_tables};
@@ -350,11 +363,10 @@ void sparse_adam_catch_up(at::Tensor weights, at::Tensor exp_avg, at::Tensor exp
 double sparse_adam_grad_norm_sq(const at::Tensor& weights_offsets, const at::Tensor& d_offsets,
                                 const at::Tensor& hash_size_cumsum, const at::Tensor& indices,
                                 const at::Tensor& offsets, const at::Tensor& grad_output) {
+  check_layout(weights_offsets, d_offsets, hash_size_cumsum);
   const int64_t num_tables = weights_offsets.numel();
   check_bags(indices, offsets, num_tables);
-  const auto grad = grad_output.contiguous();
-  TORCH_CHECK(grad.scalar_type() == at::kFloat && grad.dim() == 2, "sparse_adam: grad_output float32 [B, total_D]");
-  TORCH_CHECK(offsets.numel() == num_tables * grad.size(0) + 1, "sparse_adam: offsets need tables * batch + 1 entries");
+  const auto grad = checked_grad(grad_output, offsets, d_offsets, num_tables);
   const auto idx = indices.contiguous(), off = offsets.contiguous();
   const Tables tables{weights_offsets.data_ptr<int64_t>(), d_offsets.data_ptr<int32_t>(),
                       hash_size_cumsum.data_ptr<int64_t>(), num_tables};

@@ -257,3 +257,17 @@ def test_optimizer_state_of_another_kind_is_refused():
     lazy = build_model(cfg, [10, 20], sparse_optimizer="lazy_adam").sparse_optimizer()
     with pytest.raises(InputError, match="lazy_adam"):
         adam.load_state_dict(lazy.state_dict())
+
+
+@pytest.mark.skipif(not HAS_KERNELS, reason="compiled kernels not built")
+def test_kernels_refuse_a_gradient_of_another_width_or_batch():
+    dims, vocabs = (8, 4), (30, 7)
+    layout = _layout(dims, vocabs)
+    ids, offsets, grad = _batch(torch.Generator().manual_seed(0), vocabs, dims, 5, 3, torch.int64)
+    state = _state(dims, vocabs, torch.Generator().manual_seed(1))
+    for bad, what in ((grad[:, :-1], "width"), (grad[:-1], "offsets need")):
+        with pytest.raises(RuntimeError, match=what):
+            torch.ops.tf4ctr_fast.sparse_adam_grad_norm_sq(*layout, ids, offsets, bad)
+        with pytest.raises(RuntimeError, match=what):
+            torch.ops.tf4ctr_fast.sparse_adam_step(*state, *layout, ids, offsets, bad, None, 1, 1e-3, 0.9, 0.999,
+                                                   1e-8, 0.0, True)

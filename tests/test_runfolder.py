@@ -127,12 +127,37 @@ def test_a_best_checkpoint_that_disagrees_with_last_is_refused(tmp_path):
         train(cfg, data, model=TinyLogistic(VOCAB), resume=True)
 
 
-def test_sharded_runs_cannot_be_resumed(tmp_path):
+def test_a_run_resumes_only_as_the_kind_of_run_that_wrote_its_checkpoint(tmp_path):
+    """last.pt (one process) and last.dcp (sharded, tests/test_torchrun.py resumes one) are not
+    interchangeable: each is refused by the other kind of run, saying which it needs."""
     data, _ = planted_data(rows=(64, 32, 16))
     cfg = make_cfg(tmp_path, nproc=2)
     cfg.model.backend = "torchrec"
-    with pytest.raises(InputError, match="train.nproc > 1 cannot be resumed"):
+    out = cfg.resolved_out_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "last.pt").write_bytes(b"")
+    with pytest.raises(InputError, match="one-process run's checkpoint: resume it with train.nproc=1"):
         train(cfg, data, resume=True)
+    (out / "last.pt").unlink()
+    (out / "last.dcp").mkdir()
+    (out / "last.dcp" / "meta.pt").write_bytes(b"")
+    cfg.train.nproc = 1
+    with pytest.raises(InputError, match="multi-process run's checkpoint: resume it on 2 or more ranks"):
+        train(cfg, data, resume=True)
+
+
+def test_overwrite_removes_a_sharded_checkpoint_only_when_a_run_wrote_it(tmp_path):
+    out = tmp_path / "run"
+    (out / "best.dcp").mkdir(parents=True)
+    (out / "best.dcp" / "notes.txt").write_text("mine")     # no meta.pt: not a checkpoint folder
+    (out / "log.jsonl").write_text("")
+    with pytest.raises(InputError, match="best.dcp: is not a checkpoint folder a run wrote"):
+        with open_run(out, overwrite=True):
+            pass
+    assert (out / "best.dcp" / "notes.txt").read_text() == "mine"
+    (out / "best.dcp" / "meta.pt").write_bytes(b"")
+    with open_run(out, overwrite=True):
+        assert not (out / "best.dcp").exists() and not (out / "log.jsonl").exists()
 
 
 def test_the_log_goes_on_after_the_records_a_checkpoint_accounts_for(tmp_path):

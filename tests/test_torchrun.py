@@ -8,9 +8,12 @@ one rank saw gets half the one-process decay (docs/distributed.md); with it the 
 by about 1e-3 relative."""
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -36,16 +39,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _torchrun_two_nodes(config, out_dir, *extra):
-    port = _free_port()
+def _start_two_nodes(port, train_args):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
            "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--max-restarts", "0",
-           "-m", "tf4ctr_fast", "train", "--config", str(config), *ENGINE, f"train.out_dir={out_dir}", *extra]
+           "-m", "tf4ctr_fast", "train", *train_args]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID")}
     env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), env.get("PYTHONPATH", "")])
-    nodes = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for _ in range(2)]
-    outputs = [node.communicate(timeout=600)[0] for node in nodes]
+    return [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for _ in range(2)]
+
+
+def _outputs(nodes):
+    return [node.communicate(timeout=600)[0] for node in nodes]
+
+
+def _torchrun_two_nodes(config, out_dir, *extra):
+    nodes = _start_two_nodes(_free_port(), ["--config", str(config), *ENGINE, f"train.out_dir={out_dir}", *extra])
+    outputs = _outputs(nodes)
     return [node.returncode for node in nodes], outputs
 
 
@@ -99,3 +109,54 @@ def test_not_launched_without_torchrun(monkeypatch):
     assert launched() == (3, 4, 2)
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert launched() is None        # torchrun with one rank: an ordinary one-process run
+
+
+def _children(pid):
+    """The pids whose parent is `pid` (torchrun's workers of one agent)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def test_a_killed_rank_stops_the_job_and_resume_continues_it(runs):
+    """SIGKILL one rank's process mid-run: both "machines" stop, naming what happened; `--resume` on
+    two ranks again continues from last.dcp (written every 4 steps: most likely mid-epoch), and the
+    run's loss trajectory is still the one-process run's (the same batches in the same order, the
+    optimizers' state and the position in the epoch carried over)."""
+    tmp, config, _ = runs
+    out_dir = tmp / "run_killed"
+    port = _free_port()
+    nodes = _start_two_nodes(port, ["--config", str(config), *ENGINE, f"train.out_dir={out_dir}",
+                                    "train.epochs=8", "train.patience=8", "train.checkpoint_every_steps=4"])
+    deadline = time.monotonic() + 300
+    while not (out_dir / "last.dcp").is_dir():      # the first sharded checkpoint (epoch 1, step 4) is in place
+        assert time.monotonic() < deadline and all(n.poll() is None for n in nodes), _outputs(nodes)
+        time.sleep(0.01)
+    victims = _children(nodes[1].pid)
+    assert victims, "node 1's torchrun has no worker"
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    outputs = _outputs(nodes)
+    assert all(n.returncode != 0 for n in nodes), outputs
+    assert not (out_dir / "results.json").exists()
+    assert "SIGKILL" in outputs[1] or "Signal 9" in outputs[1], outputs[1]
+    # the surviving rank names the lost peer and the way on
+    assert f"tf4ctr-fast train --resume {out_dir}" in "\n".join(outputs), outputs
+    saved = torch.load(out_dir / "last.dcp" / "meta.pt", weights_only=True)
+    assert saved["world_size"] == 2 and (saved["run"]["epoch"], saved["run"]["step"]) >= (1, 4)
+
+    nodes = _start_two_nodes(_free_port(), ["--resume", str(out_dir), "train.progress=false"])
+    outputs = _outputs(nodes)
+    assert [n.returncode for n in nodes] == [0, 0], "\n".join(outputs)
+    records = read_log(out_dir / "log.jsonl")
+    assert any(r["event"] == "resumed" for r in records)
+    resumed, one = _epochs(out_dir), _epochs(tmp / "run_one")
+    assert [r["epoch"] for r in resumed] == list(range(1, len(resumed) + 1))
+    assert [r["train_loss"] for r in resumed[:3]] == pytest.approx([r["train_loss"] for r in one], rel=1e-5)
+    assert json.loads((out_dir / "results.json").read_text())["test"]["auc"] > 0.6

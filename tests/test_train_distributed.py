@@ -1,7 +1,9 @@
 """`tf4ctr-fast train --nproc 2`: two gloo ranks train a tiny TF4CTR with sharded tables through the CLI,
-rank 0 evaluates and checkpoints the gathered model, and the checkpoint predicts what rank 0 reported.
+score and checkpoint their shards (sharded checkpoint folders), and the checkpoint, loaded whole into
+one process, predicts what the ranks reported.
 One launch (process start-up and the torchrec imports dominate the cost)."""
 import json
+import shutil
 import warnings
 
 import numpy as np
@@ -54,28 +56,57 @@ def test_two_ranks_train_through_the_cli(two_rank_run):
     assert all(r["sparse_lr"] is not None for r in epochs)
 
 
-def test_checkpoint_predicts_what_rank_0_evaluated(two_rank_run, capsys):
+def test_sharded_checkpoint_predicts_what_the_ranks_evaluated(two_rank_run, capsys):
     _, tmp, config = two_rank_run
-    result = json.loads((tmp / "run" / "results.json").read_text())
-    best = [r for r in read_log(tmp / "run" / "log.jsonl") if r["event"] == "epoch"][result["best_epoch"] - 1]
-    # The per-epoch validation, scored on the shards by both ranks, == the reloaded checkpoint's
-    # (one process, unsharded tables): up to the order of float sums
+    run = tmp / "run"
+    result = json.loads((run / "results.json").read_text())
+    best = [r for r in read_log(run / "log.jsonl") if r["event"] == "epoch"][result["best_epoch"] - 1]
+    # No whole table anywhere: the checkpoints are sharded folders (every rank wrote its shards).
+    assert not (run / "best.pt").exists() and not (run / "last.pt").exists()
+    assert sorted(p.name for p in (run / "best.dcp").iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp",
+                                                                      "meta.pt"]
+    # The final figures, scored on the shards with best.dcp loaded back, == that epoch's validation
     assert result["valid"]["n"] == best["valid"]["n"] == 200
     for key in ("auc", "gauc", "logloss"):
         assert result["valid"][key] == pytest.approx(best["valid"][key], rel=1e-6, abs=1e-9), key
+    # ... and == the sharded checkpoint loaded whole into one process (up to the order of float sums)
     capsys.readouterr()
-    assert main(["evaluate", "--checkpoint", str(tmp / "run"), "--split", "valid"]) == 0
+    assert main(["evaluate", "--checkpoint", str(run), "--split", "valid"]) == 0
     evaluated = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert evaluated == {"split": "valid", **result["valid"]}
+    assert evaluated.pop("split") == "valid" and evaluated["n"] == 200
+    for key in ("auc", "gauc", "logloss"):
+        assert evaluated[key] == pytest.approx(result["valid"][key], rel=1e-6), key
 
-    # The unsharded checkpoint also loads into the fused single-process model, predicting the same.
-    loaded, cfg, schema = load_checkpoint(tmp / "run" / "best.pt")
+    # It loads into the fused single-process model too, predicting the same; and `consolidate`
+    # writes the equivalent one-file checkpoint (beside it; an existing file is never replaced).
+    loaded, cfg, schema = load_checkpoint(run / "best.dcp")
     fused = _build_model(cfg, [f["name"] for f in schema["fields"]], [f["vocab_size"] for f in schema["fields"]])
-    restore_weights(tmp / "run" / "best.pt", fused)
+    restore_weights(run / "best.dcp", fused)
     assert fused.sparse_optimizer() is not None
     valid = load_prepared(tmp / "prepared").split("valid")
-    np.testing.assert_allclose(predict_proba(fused, valid, 256), predict_proba(loaded, valid, 256),
-                               rtol=1e-6, atol=1e-7)
+    expected = predict_proba(loaded, valid, 256)
+    np.testing.assert_allclose(predict_proba(fused, valid, 256), expected, rtol=1e-6, atol=1e-7)
+    assert main(["consolidate", "--checkpoint", str(run), "--output", str(tmp / "whole.pt")]) == 0
+    assert main(["consolidate", "--checkpoint", str(run), "--output", str(tmp / "whole.pt")]) == 2
+    whole, _, _ = load_checkpoint(tmp / "whole.pt")
+    np.testing.assert_array_equal(predict_proba(whole, valid, 256), expected)
+
+
+def test_a_sharded_run_resumes_on_another_number_of_ranks(two_rank_run, tmp_path):
+    """The finished 2-rank run, as if killed just before its results: resumed on 3 ranks, the
+    checkpoints load onto the new sharding (DCP reshards) and the final figures are the same."""
+    _, tmp, _ = two_rank_run
+    run = tmp_path / "run"
+    shutil.copytree(tmp / "run", run, ignore=shutil.ignore_patterns("run.lock"))
+    result = json.loads((run / "results.json").read_text())
+    (run / "results.json").unlink()
+    assert main(["train", "--resume", str(run), "train.nproc=3"]) == 0
+    again = json.loads((run / "results.json").read_text())
+    assert again["best_epoch"] == result["best_epoch"] and again["epochs"] == result["epochs"]
+    for split in ("valid", "test"):
+        for key in ("auc", "gauc", "logloss"):
+            assert again[split][key] == pytest.approx(result[split][key], rel=1e-6), (split, key)
+    assert [r["event"] for r in read_log(run / "log.jsonl")][-2:] == ["resumed", "result"]
 
 
 def test_bad_input_in_a_rank_comes_back_as_input_error(two_rank_run, monkeypatch):

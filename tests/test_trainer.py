@@ -378,3 +378,18 @@ def test_oversubscription_warning():
     assert oversubscription(threads=2, load=0.3, cores=2) is None          # an idle box
     message = oversubscription(threads=2, load=1.2, cores=2)
     assert message is not None and "train.num_threads=1" in message
+
+
+def test_shuffle_seed_changes_the_batch_order_only(tmp_path):
+    """train.shuffle_seed null == train.seed; another value draws another order of the same batches'
+    rows from the same initial weights (so the first epoch's loss differs, its sample count not)."""
+    data, _ = planted_data(rows=(1024, 200, 100))
+
+    def first_epoch(name, **keys):
+        torch.manual_seed(0)
+        train(make_cfg(tmp_path / name, epochs=1, **keys), data, model=TinyLogistic(VOCAB))
+        return [r for r in read_log(tmp_path / name / "log.jsonl") if r["event"] == "epoch"][0]
+
+    default, same, other = first_epoch("a"), first_epoch("b", shuffle_seed=2023), first_epoch("c", shuffle_seed=7)
+    assert default["train_loss"] == same["train_loss"]
+    assert other["train_loss"] != default["train_loss"] and other["train_samples"] == default["train_samples"]

@@ -18,7 +18,7 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, RankLost
 from .io_utils import atomic_file, temp_dir_beside
 from .signals import Interrupted, exit_code_of, sigterm_interrupts
 from .torchrun import launched, rank0_first
@@ -113,9 +113,11 @@ def _parser() -> argparse.ArgumentParser:
     p_train.add_argument("--backend", choices=["reference", "torchrec"],
                          help="embedding tables (same as model.backend=...; see above)")
     p_train.add_argument("--resume", metavar="RUN_DIR",
-                         help="continue the unfinished run in RUN_DIR from its last.pt, exactly as if it had "
-                              "not stopped; its saved config is used (only train.progress, train.num_threads "
-                              "and train.checkpoint_every_steps may be overridden)")
+                         help="continue the unfinished run in RUN_DIR from its last.pt (last.dcp: a multi-process "
+                              "run's), exactly as if it had not stopped; its saved config is used (only "
+                              "train.progress, train.num_threads, train.checkpoint_every_steps and, for a "
+                              "multi-process run, train.nproc may be overridden; under torchrun the world "
+                              "size is torchrun's)")
     p_train.add_argument("--overwrite", action="store_true",
                          help="replace the run already in train.out_dir (its own files only)")
     p_sweep = sub.add_parser("sweep", help="every (configuration, seed) of a grid as its own run, then a table "
@@ -155,6 +157,11 @@ def _parser() -> argparse.ArgumentParser:
     p_pred.add_argument("--quiet", action="store_true", help="no progress bars and no summary line")
     p_pred.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda "
                         "(--checkpoint only: an export runs on the CPU)")
+    p_cons = sub.add_parser("consolidate", help="a multi-process run's sharded checkpoint (best.dcp) as one "
+                            "file (best.pt): whole tables, for tools that want a file (docs/distributed.md)")
+    p_cons.add_argument("--checkpoint", required=True, help="sharded checkpoint folder or run folder")
+    p_cons.add_argument("--output", help="file to write (default: beside it, RUN/best.dcp -> RUN/best.pt); "
+                                         "an existing file is never replaced")
     p_export = sub.add_parser("export", help="a checkpoint as a serving folder: torch.export program, "
                               "AOTInductor package, vocabularies, manifest (docs/serving.md)",
                               description=EXPORT_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -209,7 +216,7 @@ def cmd_train(args) -> dict:
         # torchrun started the ranks: join their process group; rank 0 checks and prepares for all
         from .distributed import init_distributed
 
-        if cfg.train.nproc not in (1, launch.world_size):
+        if cfg.train.nproc not in (1, launch.world_size) and not args.resume:   # (a resume may change it)
             raise InputError(f"config key 'train.nproc': {cfg.train.nproc}, but torchrun launched "
                              f"{launch.world_size} ranks; leave --nproc out under torchrun")
         cfg.train.nproc = launch.world_size
@@ -237,6 +244,13 @@ def cmd_sweep(args) -> int:
     summary = sweep(args.config, args.overrides, args.seeds, args.grid, args.baseline, args.jobs, args.out,
                     table_only=args.table_only)
     return 1 if summary["failed"] else 0
+
+
+def cmd_consolidate(args) -> int:
+    from .train.checkpoint import consolidate
+
+    print(consolidate(args.checkpoint, args.output))
+    return 0
 
 
 def cmd_evaluate(args) -> dict:
@@ -384,13 +398,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("tf4ctr_fast").setLevel(logging.INFO)
     command = {"prepare": cmd_prepare, "train": cmd_train, "evaluate": cmd_evaluate,
-               "predict": cmd_predict, "sweep": cmd_sweep, "export": cmd_export}[args.command]
+               "predict": cmd_predict, "sweep": cmd_sweep, "export": cmd_export,
+               "consolidate": cmd_consolidate}[args.command]
     try:
         with sigterm_interrupts():
             code = command(args)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except RankLost as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as e:
         print(_interrupted_message(e), file=sys.stderr)
         return exit_code_of(e)

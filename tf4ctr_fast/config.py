@@ -149,6 +149,9 @@ class TrainConfig:
     lr_decay_patience: int = 1
     monitor: str = "auc"           # "auc" | "auc+gauc" | "logloss" (minimized)
     seed: int = 2023
+    # the seed of the train batches' order; null: train.seed, the one the weights are drawn with too
+    # (FuxiCTR draws its order from the global generator after the weights: another stream)
+    shuffle_seed: Optional[int] = None
     device: str = "auto"           # "auto" | "cpu" | "cuda"
     # the training forward: "fp32" | "bf16" (autocast; weights, optimizer, loss and metrics stay
     # float32) | "auto" (bf16 where the device runs it fast); train/precision.py
@@ -180,7 +183,8 @@ class TrainConfig:
     # epoch: null (default) once a minute of training has passed since the last one and 50 times as
     # long as that one took to write (so mid-epoch writes cost <= 2% of the time, and a kill loses
     # about a minute of work, more for models whose checkpoint takes over 1.2 s to write); N >= 1:
-    # every N steps of an epoch. 0: none (only on SIGTERM / Ctrl-C). One-process runs only.
+    # every N steps of an epoch. 0: none (only on SIGTERM / Ctrl-C). Multi-process runs write last.dcp
+    # by the same rule (the ranks agree on the step; docs/distributed.md).
     checkpoint_every_steps: Optional[int] = None
     # Stop a run whose mean train loss in an epoch (read every 20 steps and at its end) exceeds this
     # multiple of the first epoch's; 0 disables. A non-finite loss or gradient norm always stops it.
@@ -418,6 +422,7 @@ RANGES: dict[str, Range] = {
     "train.patience": Range(1, why="non-improving epochs before the run stops"),
     "train.lr_decay_patience": Range(1),
     "train.seed": _SEED,
+    "train.shuffle_seed": Range(0, 2**32 - 1, why="or null: train.seed"),
     "train.num_threads": Range(0, why="0: torch's default"),
     "train.difficulty_thresholds": Range(0, 1, why="[t0, t1] with t0 <= t1"),
     "train.sparse_lr": Range(0, 10, low_open=True),

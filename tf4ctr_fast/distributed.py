@@ -18,9 +18,10 @@ pooled all-to-all divides the tables' gradients by the world size (comm_ops.GRAD
 default), so they get the same average.
 
 Sharding on CPU (gloo): table_wise and column_wise. row_wise needs CUDA.
-Checkpoints: `unsharded_state_dict` gathers a sharded model into the keys and shapes of the unsharded
-model (so a checkpoint loads with `model.load_state_dict` anywhere); `load_unsharded_state_dict`
-loads such a state dict into a sharded model.
+Checkpoints: training writes sharded ones (train/checkpoint.py save_sharded: no rank holds a whole
+table). `unsharded_state_dict` gathers a sharded model into the keys and shapes of the unsharded
+model on one rank, and `load_unsharded_state_dict` loads such a state dict into a sharded model:
+tools for tests and small tables (shard_model uses the latter to keep the initial weights).
 """
 from __future__ import annotations
 

@@ -1,12 +1,17 @@
-"""The one exception type for bad user input.
+"""The one exception type for bad user input, and the one for a multi-process run that lost a rank.
 
-Its message always names where the problem is (file and line, or config key), so the CLI can print
-it as-is without a traceback.
+Their messages always name where the problem is (file and line, config key, run folder), so the CLI
+can print them as-is without a traceback.
 """
 
 
 class InputError(ValueError):
     """Bad user input: a missing file, a malformed row, an unknown config key."""
+
+
+class RankLost(RuntimeError):
+    """A multi-process run stopped because one of its ranks died or became unreachable; the message
+    names the run's last checkpoint and the resume command."""
 
 
 def torch_load_reason(e: Exception) -> str:

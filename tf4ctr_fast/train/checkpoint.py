@@ -5,10 +5,21 @@ The payload holds only tensors and plain Python values, so it loads with `weight
 vocabularies to map raw values to ids. A model with fused embedding tables (model.backend "torchrec")
 also saves its sparse optimizer's state ("sparse_optimizer_state": the row-wise Adagrad accumulators
 live there, not in the model's state dict).
+
+A multi-process run (train.nproc > 1, or torchrun) writes sharded checkpoints instead: a folder
+(best.dcp, last.dcp) of torch.distributed.checkpoint files in which every rank writes its own table
+shards and their sparse optimizer state, the dense weights are written once, and rank 0 adds
+META_NAME: the payload above without "model_state" ("sharded": True), plus, in last.dcp, the training
+state. Each rank also writes its random number generators (rank<r>.pt) where the trainer asks for
+them. No rank ever holds a whole table. Such a folder loads onto any number of ranks (DCP reshards;
+load_sharded) and, whole, into one process (read_checkpoint, load_checkpoint and restore_weights take
+it like a file: evaluate, predict, export; `tf4ctr-fast consolidate` writes the equivalent best.pt).
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -18,12 +29,13 @@ from torch import nn
 from ..config import RunConfig
 from ..errors import InputError, torch_load_reason
 from ..features import BagField, bag_fields_of
-from ..io_utils import atomic_file
+from ..io_utils import atomic_dir, atomic_file
 from ..models import build_model
 from .runlog import to_jsonable
 
 FORMAT_VERSION = 1
 _REQUIRED_KEYS = ("format_version", "model_state", "config", "schema", "epoch", "metrics")
+META_NAME = "meta.pt"           # a sharded checkpoint's rank-0 payload
 
 
 def _build_model(cfg: RunConfig, field_names: Sequence[str], vocab_sizes: Sequence[int],
@@ -85,15 +97,21 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, cfg: RunConfig, s
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """The raw payload; a missing, truncated or foreign file raises InputError naming the path."""
+    """The raw payload; a missing, truncated or foreign file raises InputError naming the path. For a
+    sharded checkpoint folder: its META_NAME payload (no "model_state")."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: checkpoint not found")
+    sharded = path.is_dir()
+    file = path / META_NAME if sharded else path
+    if not file.is_file():
+        raise InputError(f"{file}: checkpoint not found" if not sharded else
+                         f"{path}: not a sharded checkpoint (no {META_NAME})")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a damaged zip/pickle
-        raise InputError(f"{path}: not a readable checkpoint ({torch_load_reason(e)})") from None
-    if not isinstance(payload, dict) or any(k not in payload for k in _REQUIRED_KEYS):
+        raise InputError(f"{file}: not a readable checkpoint ({torch_load_reason(e)})") from None
+    required = [k for k in _REQUIRED_KEYS if not (sharded and k == "model_state")]
+    if not isinstance(payload, dict) or any(k not in payload for k in required) or \
+            sharded != bool(payload.get("sharded")):
         raise InputError(f"{path}: not a tf4ctr_fast checkpoint (missing keys)")
     if payload["format_version"] != FORMAT_VERSION:
         raise InputError(f"{path}: checkpoint format {payload['format_version']} is not supported "
@@ -103,7 +121,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 def _load_state(path: str | os.PathLike, model: nn.Module, payload: dict[str, Any]) -> None:
     """The weights, and the sparse optimizer's state when both the payload and the model have one
-    (inference models and distributed runs' checkpoints have none)."""
+    (inference models and sharded checkpoints loaded into one process have none)."""
+    if payload.get("sharded"):
+        _load_whole(Path(path), model)
+        return
     try:
         model.load_state_dict(payload["model_state"])
     except RuntimeError as e:
@@ -144,10 +165,111 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A checkpoint file, or a run folder holding best.pt."""
+    """A checkpoint file, a sharded checkpoint folder, or a run folder holding best.pt or best.dcp."""
     p = Path(path)
-    if p.is_dir():
-        p = p / "best.pt"
-    if not p.is_file():
+    if p.is_dir() and not (p / META_NAME).is_file():
+        p = p / "best.pt" if (p / "best.pt").is_file() or not (p / "best.dcp").is_dir() else p / "best.dcp"
+    if not (p.is_file() or (p / META_NAME).is_file()):
         raise InputError(f"{p}: checkpoint not found")
     return p
+
+
+# -- sharded checkpoints (multi-process runs) ------------------------------------------------------
+
+def _written_by_a_run(path: Path) -> None:
+    """atomic_dir's check: a sharded checkpoint folder is replaced only by another one."""
+    if path.is_symlink() or not (path / META_NAME).is_file():
+        raise InputError(f"{path}: exists but is not a sharded checkpoint a run wrote; move it away")
+
+
+def _rank_file(folder: Path, rank: int) -> Path:
+    return folder / f"rank{rank}.pt"
+
+
+def _dcp_state(model: nn.Module, sparse: Optional[Any]) -> dict[str, Any]:
+    state = {"model": model.state_dict()}
+    if sparse is not None:
+        state["sparse_optimizer"] = sparse.state_dict()
+    return state
+
+
+def save_sharded(path: str | os.PathLike, model: nn.Module, sparse: Optional[Any], cfg: RunConfig,
+                 schema: dict, epoch: int, metrics: dict, extra: Optional[dict[str, Any]] = None,
+                 rank_state: Optional[dict[str, Any]] = None) -> None:
+    """A collective (every rank calls it): the sharded model (distributed.shard_model) and its fused
+    optimizer `sparse` into the folder `path`, atomically (a crash mid-write leaves the previous folder
+    or none). `extra`: rank 0's training state for META_NAME; `rank_state`: this rank's own (rank<r>.pt).
+    Replicated tensors (the dense part) must be equal on every rank: DCP writes one rank's copy."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+
+    from ..torchrun import rank0_first
+
+    rank = dist.get_rank()
+    with contextlib.ExitStack() as stack:
+        # rank 0 makes the scratch folder beside `path` (a shared file system: every rank writes there)
+        tmp = Path(rank0_first(lambda: str(stack.enter_context(atomic_dir(path, _written_by_a_run)))))
+        dcp.save(_dcp_state(model, sparse), checkpoint_id=tmp)
+        if rank_state is not None:
+            torch.save(_to_cpu(rank_state), _rank_file(tmp, rank))
+        if rank == 0:
+            torch.save({**_to_cpu(extra or {}), "format_version": FORMAT_VERSION, "sharded": True,
+                        "world_size": dist.get_world_size(), "config": cfg.to_dict(), "schema": schema,
+                        "epoch": int(epoch), "metrics": to_jsonable(metrics)}, tmp / META_NAME)
+        dist.barrier()          # every rank's files are there: rank 0 moves the folder into place
+    dist.barrier()
+
+
+def load_sharded(path: str | os.PathLike, model: nn.Module, sparse: Optional[Any]) -> dict[str, Any]:
+    """A collective: the folder's weights (and, with `sparse`, the fused optimizer's state) into the
+    sharded model, on any number of ranks. Returns META_NAME's payload with "rng": this rank's
+    saved generators (None where the folder has none for this rank: it was written by fewer ranks)."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+
+    path = Path(path)
+    payload = read_checkpoint(path)
+    state = _dcp_state(model, sparse)
+    try:
+        dcp.load(state, checkpoint_id=path)
+    except Exception as e:      # DCP wraps every rank's failure in one CheckpointException
+        raise InputError(f"{path}: does not fit this run's sharded model (a column_wise run's sparse "
+                         f"optimizer state loads only onto as many ranks as wrote it): "
+                         f"{str(e).strip().splitlines()[-1][:300]}") from None
+    model.load_state_dict(state["model"])
+    if sparse is not None:
+        sparse.load_state_dict(state["sparse_optimizer"])
+    own = _rank_file(path, dist.get_rank())
+    payload["rng"] = torch.load(own, weights_only=True).get("rng") if own.is_file() else None
+    return payload
+
+
+def _load_whole(path: Path, model: nn.Module) -> None:
+    """A sharded checkpoint's weights into an unsharded model in this one process (whole tables)."""
+    import torch.distributed.checkpoint as dcp
+
+    state = {"model": model.state_dict()}
+    try:
+        with warnings.catch_warnings():     # (DCP warns that it loads in one process: the intent)
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.load(state, checkpoint_id=path, no_dist=True)
+    except Exception as e:
+        raise InputError(f"{path}: weights do not fit this model "
+                         f"({str(e).strip().splitlines()[-1][:300]})") from None
+    model.load_state_dict(state["model"])
+
+
+def consolidate(path: str | os.PathLike, output: Optional[str | os.PathLike] = None) -> Path:
+    """Write the one-file checkpoint (best.pt layout: weights of the unsharded model, config, schema,
+    epoch, metrics) of a sharded checkpoint folder, or of a run folder's best.dcp; default output: the
+    folder's name with .pt (RUN/best.dcp -> RUN/best.pt). The sparse optimizer's state is left out."""
+    path = resolve_checkpoint(path)
+    if not path.is_dir():
+        raise InputError(f"{path}: is a one-file checkpoint already")
+    output = Path(output) if output is not None else path.with_suffix(".pt")
+    if output.exists():
+        raise InputError(f"{output}: exists; choose another output or move it away")
+    model, cfg, schema = load_checkpoint(path)
+    payload = read_checkpoint(path)
+    save_checkpoint(output, model, cfg, schema, payload["epoch"], payload["metrics"])
+    return output

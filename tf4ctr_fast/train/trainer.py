@@ -15,11 +15,12 @@ decisions" 3).
 
 One loop (`_fit`) serves both ways of running:
 - one process (train.nproc 1): the model trains here (`_Local`);
-- train.nproc N > 1 (torchrec backend): `train` launches N local processes, each running
-  `train_distributed_rank`: the tables are sharded across the ranks (DistributedModelParallel), every
-  rank takes its slice of each batch, trains and scores it; rank 0 computes the metrics from all
-  ranks' scores, logs, and checkpoints an unsharded copy gathered from the shards after each best
-  epoch (`_Sharded`); the final valid/test figures are that copy's, reloaded from best.pt.
+- train.nproc N > 1 (torchrec backend): `train` launches N local processes (or torchrun started
+  them), each running `train_distributed_rank`: the tables are sharded across the ranks
+  (DistributedModelParallel), every rank takes its slice of each batch, trains and scores it; rank 0
+  computes the metrics from all ranks' scores and logs; the checkpoints are sharded (every rank
+  writes its shards: checkpoint.save_sharded), and the final valid/test figures are scored on the
+  shards too, with best.dcp loaded back (`_Sharded`). No rank ever holds a whole table.
 
 Batches come from data.streaming.choose_loader (train.loader): the whole split on the device when it
 fits, else streamed; x is ids [B, F], or features.Features(ids, bags) when the dataset has
@@ -27,7 +28,8 @@ multi-valued fields.
 
 Output folder (cfg.resolved_out_dir(), locked for the run: runfolder.py): log.jsonl, best.pt, last.pt
 (resumable: weights, optimizers, plateau, position in the epoch, random number generators; written
-every train.checkpoint_every_steps and at epoch ends, one-process runs only), learning_curves.png,
+every train.checkpoint_every_steps and at epoch ends), or best.dcp and last.dcp (sharded folders) for
+multi-process runs, learning_curves.png,
 difficulty.png, results.json (written last: its presence marks a finished run). docs/runs.md.
 """
 from __future__ import annotations
@@ -54,18 +56,19 @@ from torch import nn
 from tqdm import tqdm
 
 from ..config import RunConfig, check_ranges
+from ..data.rank_slices import RankSliceLoader
 from ..data.streaming import LOADERS, choose_loader
-from ..errors import InputError
-from ..features import ModelInput, bag_fields_of, rows_of
+from ..errors import InputError, RankLost
+from ..features import ModelInput, bag_fields_of
 from ..io_utils import atomic_file
 from ..signals import Deferral, Interrupted, deferred
 from ..torchrun import launched, rank0_first
 from . import plots
-from .checkpoint import (_build_model, read_checkpoint, restore_weights, save_checkpoint,
-                         sparse_optimizer_of)
+from .checkpoint import (_build_model, load_sharded, read_checkpoint, restore_weights, save_checkpoint,
+                         save_sharded, sparse_optimizer_of)
 from .metrics import auc, difficulty_counts, gauc, logloss
 from .precision import autocast, resolve_precision
-from .runfolder import BEST_NAME, LAST_NAME, LOG_NAME, RESULTS_NAME, open_run
+from .runfolder import LAST_SHARDED, LOG_NAME, RESULTS_NAME, checkpoint_names, open_run, resume_hint
 from .runlog import RunLog, environment, to_jsonable
 
 logger = logging.getLogger(__name__)
@@ -303,6 +306,16 @@ class _Local:
     def train_mode(self) -> None:
         self.main_model.train()
 
+    def make_loader(self, split: Any, device: torch.device, batch_size: int, shuffle: bool = False,
+                    seed: int = 0, kind: str = "auto") -> Any:
+        """The split's batches (train.loader `kind`: kept on the device, or streamed)."""
+        return choose_loader(split, device, batch_size, shuffle=shuffle, seed=seed, kind=kind)
+
+    @staticmethod
+    def batch_rows(loader: Any, y: torch.Tensor) -> int:
+        """Rows of the batch just trained on."""
+        return y.shape[0]
+
     def loss(self, x: ModelInput, y: torch.Tensor) -> torch.Tensor:
         return self.main_model.loss(x, y)["loss"] + self.main_model.regularization()
 
@@ -314,23 +327,30 @@ class _Local:
         """The main process's `value`, on every rank (here: the only one)."""
         return value
 
+    def agree(self, stopping: bool, due: bool, ask: bool) -> tuple[bool, bool]:
+        """(stop, checkpoint) now: here, what this process says."""
+        return stopping, due
+
     def predict(self, loader: Any) -> np.ndarray:
         """Probabilities of every row of the loader, in its order."""
         return _predict(self.main_model, loader)
 
-    def gather(self) -> None:
-        """Nothing to gather: main_model is the trained model."""
+    def save(self, path: Path, cfg: RunConfig, schema: dict, epoch: int, metrics: dict,
+             extra: Optional[dict[str, Any]] = None, rank_state: Optional[dict[str, Any]] = None) -> None:
+        save_checkpoint(path, self.main_model, cfg, schema, epoch, metrics, extra={**(extra or {}), **(rank_state or {})})
+
+    def load(self, path: Path) -> dict[str, Any]:
+        """The checkpoint's weights (and sparse optimizer state) into the model; its payload."""
+        return restore_weights(path, self.main_model)
 
 
 class _Sharded:
-    """One rank of a multi-process run. Rank 0 also holds `main_model`, an unsharded copy (plain
-    tables) that gather() refreshes from the shards, for best.pt and the final evaluation; other
-    ranks have None. The per-epoch validation runs on the shards (predict). Every method but
-    train_mode is a collective: all ranks call it in the same order."""
+    """One rank of a multi-process run: it trains, scores (predict) and checkpoints (save, load) its
+    shards; rank 0 also gets every rank's scores. Every method but train_mode and loss is a
+    collective: all ranks call it in the same order."""
 
-    def __init__(self, dmp: nn.Module, copy: Optional[nn.Module], rank: int, world: int,
-                 device: torch.device):
-        self.dmp, self.main_model = dmp, copy
+    def __init__(self, dmp: nn.Module, rank: int, world: int, device: torch.device):
+        self.dmp = dmp
         self.rank, self.world, self.device = rank, world, device
         self.is_main = rank == 0
         self.dense_params = _dense_parameters(dmp.module)
@@ -347,36 +367,52 @@ class _Sharded:
     def train_mode(self) -> None:
         self.dmp.train()
 
-    def _slice(self, rows: int) -> tuple[int, int]:
-        return rows * self.rank // self.world, rows * (self.rank + 1) // self.world
+    def make_loader(self, split: Any, device: torch.device, batch_size: int, shuffle: bool = False,
+                    seed: int = 0, kind: str = "auto") -> RankSliceLoader:
+        """This rank's slices of the split's batches, read from its memmapped columns (train.loader
+        does not apply: no rank holds the split)."""
+        return RankSliceLoader(split, batch_size, self.rank, self.world, device, shuffle=shuffle, seed=seed)
+
+    @staticmethod
+    def batch_rows(loader: RankSliceLoader, y: torch.Tensor) -> int:
+        """Rows of the batch just trained on, every rank's slice together."""
+        return loader.global_rows
 
     def loss(self, x: ModelInput, y: torch.Tensor) -> torch.Tensor:
-        # Every rank iterates the same global batches (same loader seed) and takes its contiguous
-        # slice. Call the wrapper, not dmp.module.loss: DDP averages the gradients only of what runs
-        # through its forward.
-        lo, hi = self._slice(len(y))
-        return self.dmp(rows_of(x, lo, hi), y[lo:hi])["loss"] + self.dmp.module.regularization()
+        # x, y: this rank's slice of the global batch (RankSliceLoader). Call the wrapper, not
+        # dmp.module.loss: DDP averages the gradients only of what runs through its forward.
+        return self.dmp(x, y)["loss"] + self.dmp.module.regularization()
+
+    @torch.no_grad()
+    def _rank0_buffers(self) -> None:
+        # BatchNorm's running statistics: TorchRec's DDP does not broadcast buffers, so each rank has
+        # its own; scores and checkpoints use rank 0's
+        for buffer in self._dense_buffers:
+            dist.broadcast(buffer, src=0)
+
+    def agree(self, stopping: bool, due: bool, ask: bool) -> tuple[bool, bool]:
+        """(stop, checkpoint) now, the same on every rank: each is true when any rank says so, asked
+        where `ask` (the same steps on every rank: every PROGRESS_EVERY steps, the epoch's last and
+        the scheduled checkpoints; one small all-reduce) and false elsewhere (a signal waits that
+        long at most)."""
+        if not ask:
+            return False, False
+        flags = torch.tensor([int(stopping), int(due)], device=self.device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        return bool(flags[0]), bool(flags[1])
 
     @torch.no_grad()
     def predict(self, loader: Any) -> Optional[np.ndarray]:
-        """Every rank scores its slice of each batch with the sharded model (no table is gathered);
-        rank 0 gets the probabilities of every row in loader order, the others None. Collective."""
-        # BatchNorm's running statistics: TorchRec's DDP does not broadcast buffers, so each rank has
-        # its own; score with rank 0's, the ones gather() puts into best.pt
-        for buffer in self._dense_buffers:
-            dist.broadcast(buffer, src=0)
+        """Every rank scores its slice of each batch (a RankSliceLoader's) with the sharded model (no
+        table is gathered); rank 0 gets the probabilities of every row in loader order, the others
+        None. Collective."""
+        self._rank0_buffers()
         was_training = self.dmp.training
         self.dmp.eval()
         parts = []
         try:
-            for x, y in loader:
-                if len(y) >= self.world:
-                    logit = self.dmp(rows_of(x, *self._slice(len(y))))["logit"]
-                else:
-                    # fewer rows than ranks (the last batch at most): the sharded forward is a
-                    # collective, so every rank scores the batch whole and rank 0's copy is kept
-                    logit = self.dmp(x)["logit"][: len(y) if self.is_main else 0]
-                parts.append(torch.sigmoid(logit.float()).cpu().numpy())
+            for x, _ in loader:     # (a slice may be empty: a batch with fewer rows than ranks)
+                parts.append(torch.sigmoid(self.dmp(x)["logit"].float()).cpu().numpy())
         finally:
             self.dmp.train(was_training)
         gathered = [None] * self.world if self.is_main else None
@@ -396,11 +432,15 @@ class _Sharded:
         dist.broadcast(t, src=0)
         return t.item()
 
-    def gather(self) -> None:
-        from ..distributed import unsharded_state_dict
-        state = unsharded_state_dict(self.dmp)      # collective; the full tensors arrive on rank 0
-        if self.main_model is not None:
-            self.main_model.load_state_dict(state)
+    def save(self, path: Path, cfg: RunConfig, schema: dict, epoch: int, metrics: dict,
+             extra: Optional[dict[str, Any]] = None, rank_state: Optional[dict[str, Any]] = None) -> None:
+        self._rank0_buffers()       # DCP writes the replicated tensors from one rank: make them equal
+        save_sharded(path, self.dmp, self.sparse_optimizer, cfg, schema, epoch, metrics, extra, rank_state)
+
+    def load(self, path: Path) -> dict[str, Any]:
+        """The sharded checkpoint's weights and sparse optimizer state into the shards; its payload
+        (with this rank's saved generators as "rng")."""
+        return load_sharded(path, self.dmp, self.sparse_optimizer)
 
 
 @dataclass
@@ -473,12 +513,12 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 class _LastCheckpoint:
-    """Writes last.pt, the resumable checkpoint: at every epoch end and within an epoch when `due`
-    (train.checkpoint_every_steps; 0: neither), and when a signal asks for a stop. One-process runs
-    only."""
+    """Writes the resumable checkpoint (last.pt; last.dcp, a collective, on sharded runs): at every
+    epoch end and within an epoch when `due` (train.checkpoint_every_steps; 0: neither), and when a
+    signal asks for a stop. `log`: the main process's (None on the other ranks)."""
 
-    def __init__(self, path: Path, replica: _Local, optimizer: torch.optim.Optimizer, loader: Any,
-                 cfg: RunConfig, schema: dict, log: RunLog, run_start: float):
+    def __init__(self, path: Path, replica: _Local | _Sharded, optimizer: torch.optim.Optimizer, loader: Any,
+                 cfg: RunConfig, schema: dict, log: Optional[RunLog], run_start: float):
         self.path, self.replica, self.optimizer, self.loader = path, replica, optimizer, loader
         self.cfg, self.schema, self.log, self.run_start = cfg, schema, log, run_start
         self.every = cfg.train.checkpoint_every_steps
@@ -491,6 +531,10 @@ class _LastCheckpoint:
     def periodic(self) -> bool:
         return self.every != 0
 
+    def scheduled(self, step: int) -> bool:
+        """A checkpoint by step count (train.checkpoint_every_steps set): the same steps on every rank."""
+        return self.every is not None and self.every > 0 and step % self.every == 0
+
     def due(self, step: int) -> bool:
         if self.every is not None:
             return self.every > 0 and step % self.every == 0
@@ -501,11 +545,16 @@ class _LastCheckpoint:
         start = time.perf_counter()
         run.wall_s = start - self.run_start
         sparse = self.replica.sparse_optimizer
-        state = {"run": run.to_payload(), "optimizer_state": self.optimizer.state_dict(),
+        position = run.to_payload()
+        # the loss so far, the same on every rank (its mean over them): a rank's own sum would be
+        # every rank's after a resume (meta.pt is rank 0's); the epoch's mean over ranks is unchanged
+        position["loss_sum"] = self.replica.mean_over_ranks(run.loss_sum)
+        state = {"run": position, "optimizer_state": self.optimizer.state_dict(),
                  "sparse_lr": [g["lr"] for g in sparse.param_groups] if sparse is not None else None,
-                 "rng": _rng_state(), "loader_kind": self.loader.kind, "log_records": self.log.records}
-        save_checkpoint(self.path, self.replica.main_model, self.cfg, self.schema, run.epoch,
-                        run.records[-1]["valid"] if run.records else {}, extra=state)
+                 "loader_kind": self.loader.kind, "log_records": self.log.records if self.log else []}
+        self.replica.save(self.path, self.cfg, self.schema, run.epoch,
+                          run.records[-1]["valid"] if run.records else {}, extra=state,
+                          rank_state={"rng": _rng_state()})
         self.last_time = time.perf_counter()
         self.write_s = self.last_time - start
         self.saved_at = _position(run)
@@ -541,7 +590,7 @@ def _train_epoch(replica: _Local | _Sharded, optimizer: torch.optim.Optimizer, l
                  precision: str = "fp32") -> dict[str, Any]:
     """Epoch run.epoch from its batch run.step to its end (capped by max_steps_per_epoch), adding into
     `run`. The loss stays on the device but for a read-out every PROGRESS_EVERY steps (one process;
-    it also checks for divergence) and at the end. `last` (one process only) writes last.pt when due,
+    it also checks for divergence) and at the end. `last` writes the resumable checkpoint when due,
     and when SIGINT/SIGTERM arrive: after the step in progress, then Interrupted is raised.
     train_loss is the mean over steps (and ranks) of the step loss; samples count whole batches."""
     tc = cfg.train
@@ -562,10 +611,6 @@ def _train_epoch(replica: _Local | _Sharded, optimizer: torch.optim.Optimizer, l
     with deferred() if last is not None else contextlib.nullcontext(Deferral()) as stop:
         for x, y in bar:
             run.step += 1
-            if y.shape[0] < replica.world:
-                # Only a last partial batch can be this small: a rank would get no rows, yet every rank
-                # must join each step's collectives.
-                continue
             optimizer.zero_grad()
             with autocast(precision, loader.device):
                 loss = replica.loss(x, y)
@@ -574,17 +619,22 @@ def _train_epoch(replica: _Local | _Sharded, optimizer: torch.optim.Optimizer, l
             optimizer.step()
             run.loss_sum += loss.detach()
             run.steps_trained += 1
-            run.samples += y.shape[0]
+            run.samples += replica.batch_rows(loader, y)
             if replica.world == 1 and run.steps_trained % PROGRESS_EVERY == 0:
                 loss_sum, norms = sums()
                 _check_divergence(run, loss_sum, norms, cfg, _lr(optimizer), last)
                 bar.set_postfix(loss=f"{loss_sum / run.steps_trained:.4f}")
-            if last is not None and (stop.pending or (run.step < steps_total and last.due(run.step))):
+            stopping, saving = replica.agree(
+                bool(stop.pending), run.step < steps_total and last.due(run.step),
+                ask=run.step % PROGRESS_EVERY == 0 or run.step == steps_total or last.scheduled(run.step)
+            ) if last else (False, False)
+            if stopping or saving:
                 run.seconds = time.perf_counter() - clock
-                _check_divergence(run, *sums(), cfg, _lr(optimizer), last)   # keep the last good one
+                if replica.world == 1:      # (a rank's own loss is not the run's: the epoch end checks it)
+                    _check_divergence(run, *sums(), cfg, _lr(optimizer), last)   # keep the last good one
                 last.save(run)
-                if stop.pending:
-                    raise Interrupted(stop.pending, str(last.path), last.saved_at)
+                if stopping:    # (a rank that saved for another rank's signal stops with it)
+                    raise Interrupted(stop.pending or signal.SIGTERM, str(last.path), last.saved_at)
     _sync(loader.device)
     run.seconds = time.perf_counter() - clock
     bar.close()
@@ -646,17 +696,15 @@ def train(cfg: RunConfig, data: Any, model: Optional[nn.Module] = None, *, overw
     cfg = resolve_sparse_optimizer(cfg, device)
     tc = cfg.train
     _check_config(cfg, data, device)
-    if resume and tc.nproc > 1:
-        raise InputError("--resume: a run with train.nproc > 1 cannot be resumed (it writes no last.pt)")
     if launched():
         if model is not None:
             raise ValueError("train(model=...) runs in one process, not under torchrun")
-        return _train_launched_rank(cfg, data, overwrite)
-    with open_run(cfg.resolved_out_dir(), overwrite=overwrite, resume=resume):
+        return _train_launched_rank(cfg, data, overwrite, resume)
+    with open_run(cfg.resolved_out_dir(), overwrite=overwrite, resume=resume, sharded=tc.nproc > 1):
         if tc.nproc > 1:
             if model is not None:
                 raise ValueError("train(model=...) runs in one process; leave train.nproc at 1")
-            return _train_multiprocess(cfg, data)
+            return _train_multiprocess(cfg, data, resume)
         seed_everything(tc.seed)
         if tc.num_threads > 0:
             torch.set_num_threads(tc.num_threads)
@@ -668,38 +716,64 @@ def train(cfg: RunConfig, data: Any, model: Optional[nn.Module] = None, *, overw
         return _fit(cfg, data, _Local(model), device, resume)
 
 
-def _train_multiprocess(cfg: RunConfig, data: Any) -> dict[str, Any]:
+def _train_multiprocess(cfg: RunConfig, data: Any, resume: bool) -> dict[str, Any]:
     from torch.multiprocessing import ProcessRaisedException
 
     from ..distributed import launch
 
+    from torch.multiprocessing import ProcessExitedException
+
     try:
         launch(cfg.train.nproc, train_distributed_rank, cfg, data,
-               logging.getLogger("tf4ctr_fast").getEffectiveLevel())
+               logging.getLogger("tf4ctr_fast").getEffectiveLevel(), resume)
     except ProcessRaisedException as e:
         # A rank's exception arrives as its traceback text; bad input comes back as an InputError.
         last = str(e).strip().splitlines()[-1]
-        prefix = f"{InputError.__module__}.{InputError.__qualname__}: "
-        if last.startswith(prefix):
-            raise InputError(last[len(prefix):]) from None
+        for kind in (InputError, RankLost):
+            prefix = f"{kind.__module__}.{kind.__qualname__}: "
+            if last.startswith(prefix):
+                raise kind(last[len(prefix):]) from None
         raise
+    except ProcessExitedException as e:     # a rank killed (signal) or gone without an exception
+        how = f"signal {e.signal_name}" if e.signal_name else f"exit code {e.exit_code}"
+        raise RankLost(f"rank {e.error_index} of {cfg.train.nproc} ended ({how}), so the run stopped; "
+                       f"{_way_on(cfg.resolved_out_dir())}") from None
     return json.loads((cfg.resolved_out_dir() / RESULTS_NAME).read_text())
 
 
-def _train_launched_rank(cfg: RunConfig, data: Any, overwrite: bool) -> Optional[dict[str, Any]]:
+def _way_on(out_dir: Path) -> str:
+    if (out_dir / LAST_SHARDED).is_dir():
+        return f"{out_dir / LAST_SHARDED} is kept: continue the run with `{resume_hint(out_dir)}`"
+    return "it had written no resumable checkpoint: start it over with --overwrite"
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return (lines[0] if lines else type(e).__name__)[:200]
+
+
+def _lost_peer(e: BaseException) -> bool:
+    """Whether a collective failed because another rank is gone (gloo: its connection closed)."""
+    text = str(e)
+    return isinstance(e, dist.DistError) or any(
+        s in text for s in ("Connection closed by peer", "Connection reset by peer", "Broken pipe"))
+
+
+def _train_launched_rank(cfg: RunConfig, data: Any, overwrite: bool, resume: bool) -> Optional[dict[str, Any]]:
     """This process's rank of a torchrun launch (the process group is joined already): rank 0 holds
     the run folder's lock for the whole run, as a one-process run does, and returns the result."""
     with contextlib.ExitStack() as stack:
-        rank0_first(lambda: stack.enter_context(open_run(cfg.resolved_out_dir(), overwrite=overwrite)))
-        train_distributed_rank(cfg, data, logging.getLogger("tf4ctr_fast").getEffectiveLevel())
+        rank0_first(lambda: stack.enter_context(open_run(cfg.resolved_out_dir(), overwrite=overwrite,
+                                                         resume=resume, sharded=True)))
+        train_distributed_rank(cfg, data, logging.getLogger("tf4ctr_fast").getEffectiveLevel(), resume)
     if dist.get_rank() != 0:
         return None
     return json.loads((cfg.resolved_out_dir() / RESULTS_NAME).read_text())
 
 
-def train_distributed_rank(cfg: RunConfig, data: Any, log_level: int = logging.INFO) -> None:
-    """One of the train.nproc processes `train` launches (tf4ctr_fast.distributed.launch); the config
-    was checked before launch."""
+def train_distributed_rank(cfg: RunConfig, data: Any, log_level: int = logging.INFO, resume: bool = False) -> None:
+    """One of the train.nproc processes `train` launches (tf4ctr_fast.distributed.launch) or torchrun
+    started; the config was checked before launch. `resume`: from the run folder's last.dcp."""
     from ..distributed import init_distributed, shard_model
 
     rank, world, device = init_distributed(device=cfg.train.device)
@@ -712,19 +786,23 @@ def train_distributed_rank(cfg: RunConfig, data: Any, log_level: int = logging.I
         torch.set_num_threads(tc.num_threads)       # per process (launch splits the default otherwise)
     fields = (list(data.field_names), list(data.vocab_sizes), device)
     bags = bag_fields_of(data.schema)
-    # Rank 0's unsharded copy for evaluation and checkpoints, built before seeding so that every rank
-    # then draws the same random numbers.
-    copy = _build_model(cfg, *fields, fused=False, bag_fields=bags) if rank == 0 else None
     seed_everything(tc.seed)        # the same seed everywhere: the same initial weights on every rank
     model = _build_model(cfg, *fields, fused=False, bag_fields=bags)   # shard_model fuses the shards
     dmp = shard_model(model, tc.sharding, device)
-    _fit(cfg, data, _Sharded(dmp, copy, rank, world, device), device)
+    try:
+        _fit(cfg, data, _Sharded(dmp, rank, world, device), device, resume)
+    except RuntimeError as e:
+        if not _lost_peer(e) or isinstance(e, RankLost):
+            raise
+        raise RankLost(f"rank {rank} of {world}: another rank of the run is gone ({_first_line(e)}), so the "
+                       f"run stopped; {_way_on(cfg.resolved_out_dir())}") from None
 
 
-def _resume(path: Path, payload: dict[str, Any], replica: _Local, optimizer: torch.optim.Optimizer,
-            loader: Any, cfg: RunConfig, schema: dict) -> _RunState:
+def _resume(path: Path, best: Path, payload: dict[str, Any], replica: _Local | _Sharded,
+            optimizer: torch.optim.Optimizer, loader: Any, cfg: RunConfig, schema: dict) -> _RunState:
     """Load last.pt's training state (its weights are loaded already) into the fresh optimizers and
-    loader, and make best.pt agree with it; the random number generators are set last, by the caller."""
+    loader, and make best.pt agree with it (the same for last.dcp and best.dcp); the random number
+    generators are set last, by the caller."""
     if "run" not in payload:
         raise InputError(f"{path}: not a resumable checkpoint (no training state)")
     optimizer.load_state_dict(payload["optimizer_state"])
@@ -734,13 +812,14 @@ def _resume(path: Path, payload: dict[str, Any], replica: _Local, optimizer: tor
     loader.load_state_dict(run.loader_state)
     # best.pt must hold run.best_epoch's weights. It does not only when the run was killed between
     # writing last.pt at the end of its best epoch and writing best.pt (in that order): last.pt then
-    # holds those very weights.
-    best = path.parent / BEST_NAME
-    if run.best_epoch is not None and not (best.is_file() and read_checkpoint(best)["epoch"] == run.best_epoch):
+    # holds those very weights. (Rank 0 looks; a sharded save is every rank's.)
+    holds = replica.from_main(float(run.best_epoch is None or (best.exists() and
+                                                               read_checkpoint(best)["epoch"] == run.best_epoch)))
+    if not holds:
         if (run.epoch, run.step) != (run.best_epoch + 1, 0):
             raise InputError(f"{best}: does not hold epoch {run.best_epoch}, the best one by {path}; "
                              "start the run over with --overwrite")
-        save_checkpoint(best, replica.main_model, cfg, schema, run.best_epoch, run.records[-1]["valid"])
+        replica.save(best, cfg, schema, run.best_epoch, run.records[-1]["valid"])
     return run
 
 
@@ -755,20 +834,21 @@ def _fit(cfg: RunConfig, data: Any, replica: _Local | _Sharded, device: torch.de
          resume: bool = False) -> Optional[dict[str, Any]]:
     """The FuxiCTR loop over a _Local or _Sharded replica. Every rank runs it in step and takes the
     same decisions (rank 0's monitor value is broadcast); only the main process evaluates, logs,
-    checkpoints and returns the result (None elsewhere). `resume` (one process): continue from the
-    run folder's last.pt."""
+    checkpoints and returns the result (None elsewhere); checkpoints are every rank's (sharded).
+    `resume`: continue from the run folder's last.pt (last.dcp: sharded)."""
     tc = cfg.train
     main = replica.is_main
     splits = {name: data.split(name) for name in ("train", "valid", "test") if data.has_split(name)}
     out_dir = cfg.resolved_out_dir()
-    best_path, last_path = out_dir / BEST_NAME, out_dir / LAST_NAME
-    payload = restore_weights(last_path, replica.main_model) if resume else None
-    train_loader = choose_loader(splits["train"], device, tc.batch_size, shuffle=True, seed=tc.seed,
-                                 kind=payload["loader_kind"] if resume else tc.loader)  # the same batches
+    best_path, last_path = (out_dir / name for name in checkpoint_names(sharded=replica.world > 1))
+    payload = replica.load(last_path) if resume else None
+    order_seed = tc.seed if tc.shuffle_seed is None else tc.shuffle_seed
+    train_loader = replica.make_loader(splits["train"], device, tc.batch_size, shuffle=True, seed=order_seed,
+                                       kind=payload["loader_kind"] if resume else tc.loader)  # the same batches
     optimizer = torch.optim.Adam(replica.dense_params, lr=tc.lr)
     sparse = replica.sparse_optimizer
     if resume:
-        run = _resume(last_path, payload, replica, optimizer, train_loader, cfg, data.schema)
+        run = _resume(last_path, best_path, payload, replica, optimizer, train_loader, cfg, data.schema)
     else:
         run = _RunState(Plateau(patience=tc.patience))
         run.start_epoch(train_loader)
@@ -777,7 +857,7 @@ def _fit(cfg: RunConfig, data: Any, replica: _Local | _Sharded, device: torch.de
     precision, precision_why = resolve_precision(tc.precision, device)
 
     valid = splits["valid"]
-    valid_loader = choose_loader(valid, device, tc.eval_batch_size, kind=tc.loader)   # every rank scores
+    valid_loader = replica.make_loader(valid, device, tc.eval_batch_size, kind=tc.loader)   # every rank scores
     if main:
         valid_y = np.asarray(valid.labels)
         valid_group = _group_of(valid, "valid") if data.group_field else None
@@ -794,11 +874,15 @@ def _fit(cfg: RunConfig, data: Any, replica: _Local | _Sharded, device: torch.de
                           env=environment(device), loaders=loaders, precision=precision)
             logger.info("precision: %s (%s)", precision, precision_why)
             logger.info("loaders: %s", ", ".join(f"{k} {v}" for k, v in loaders.items()))
-        last = (_LastCheckpoint(last_path, replica, optimizer, train_loader, cfg, data.schema, log, run_start)
-                if main and replica.world == 1 else None)
+        last = _LastCheckpoint(last_path, replica, optimizer, train_loader, cfg, data.schema, log, run_start)
         if resume:
             last.saved_at = _position(run)
-            _set_rng_state(payload["rng"])          # last: nothing may draw from them before training
+            if payload["rng"] is not None:
+                _set_rng_state(payload["rng"])      # last: nothing may draw from them before training
+            else:   # a rank the checkpoint's (smaller) world did not have: its dropout masks start afresh
+                seed_everything(tc.seed + 7919 * (getattr(replica, "rank", 0) + 1) + run.epoch)
+                logger.warning("rank %d: %s has no random state for this rank (written by %s ranks); "
+                               "its generators start afresh", replica.rank, last_path, payload.get("world_size"))
         try:
             while run.epoch <= tc.epochs and not run.plateau.should_stop:
                 epoch = run.epoch
@@ -844,25 +928,26 @@ def _fit(cfg: RunConfig, data: Any, replica: _Local | _Sharded, device: torch.de
                 # last.pt before best.pt: see _resume
                 if last is not None and last.periodic:
                     last.save(run)
-                if improved:
-                    replica.gather()        # a collective: the unsharded copy only for best.pt
-                    if main:
-                        save_checkpoint(best_path, replica.main_model, cfg, data.schema, epoch, metrics)
+                if improved:        # (a collective on sharded replicas)
+                    replica.save(best_path, cfg, data.schema, epoch, metrics if main else {})
                 if run.plateau.should_stop and main:
                     logger.info("early stop after epoch %d (no improvement for %d epochs)", epoch, tc.patience)
         except KeyboardInterrupt as e:
             raise _naming_checkpoint(e, last) from None
+        # the best weights back, scored where they are (on the shards: collectives)
+        replica.load(best_path)
+        p_valid = replica.predict(valid_loader)
+        p_test = (replica.predict(replica.make_loader(splits["test"], device, tc.eval_batch_size, kind=tc.loader))
+                  if "test" in splits else None)
         if not main:
             return None
 
         # once, not per epoch: drawing costs ~0.5 s, and the log holds all it needs (plots.write_plots)
         plots.write_plots(run.records, out_dir)
-        model = replica.main_model
-        restore_weights(best_path, model)
         result = {
-            "valid": _metrics(valid_y, _predict(model, valid_loader), valid_group),
-            "test": (evaluate(model, splits["test"], tc.eval_batch_size, device,
-                              with_group=bool(data.group_field), name="test", loader=tc.loader)
+            "valid": _metrics(valid_y, p_valid, valid_group),
+            "test": (_metrics(np.asarray(splits["test"].labels), p_test,
+                              _group_of(splits["test"], "test") if data.group_field else None)
                      if "test" in splits else None),
             "best_epoch": run.best_epoch,
             "epochs": len(run.records),
@@ -873,12 +958,11 @@ def _fit(cfg: RunConfig, data: Any, replica: _Local | _Sharded, device: torch.de
             "out_dir": str(out_dir),
             "checkpoint": str(best_path),
         }
-        if last is not None:
-            # what the resumable checkpoints cost this process: the train.checkpoint_every_steps claim
-            # (<= 2 % at the default) checked on every run, independent of the machine's load
-            train_s = run.train_seconds or math.nan
-            result.update(last_checkpoint_writes=last.writes, last_checkpoint_write_s=last.total_write_s,
-                          last_checkpoint_share_of_train_time=last.total_write_s / train_s)
+        # what the resumable checkpoints cost this process (rank 0): the train.checkpoint_every_steps
+        # claim (<= 2 % at the default) checked on every run, independent of the machine's load
+        train_s = run.train_seconds or math.nan
+        result.update(last_checkpoint_writes=last.writes, last_checkpoint_write_s=last.total_write_s,
+                      last_checkpoint_share_of_train_time=last.total_write_s / train_s)
         result = to_jsonable(result)
         log.write("result", **result)
         with atomic_file(out_dir / RESULTS_NAME) as tmp:

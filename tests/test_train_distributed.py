@@ -135,3 +135,34 @@ def test_bad_input_in_a_rank_comes_back_as_input_error(two_rank_run, monkeypatch
 def test_sharded_runs_use_the_fused_head(two_rank_run):
     _, tmp, _ = two_rank_run
     assert read_log(tmp / "run" / "log.jsonl")[0]["config"]["model"]["head"] == "fused"
+
+
+def test_sigterm_stops_the_ranks_at_a_checkpoint_and_resume_finishes(two_rank_run, tmp_path):
+    """SIGTERM to the whole `--nproc 2` process group (what a scheduler sends): exit 143, the message
+    names last.dcp and the resume command; the resumed run finishes with every epoch logged once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    _, tmp, config = two_rank_run
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "tf4ctr_fast", "train", "--config", str(config), "--nproc", "2", *ENGINE,
+           "train.epochs=40", "train.patience=40", f"train.out_dir={run}", "train.num_threads=1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (run / "last.dcp").is_dir():
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()[0]
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 143, out
+    assert f"{run / 'last.dcp'} holds the run at epoch" in out and f"tf4ctr-fast train --resume {run}" in out, out
+    assert not (run / "results.json").exists()
+
+    assert main(["train", "--resume", str(run), "train.progress=false"]) == 0
+    records = read_log(run / "log.jsonl")
+    epochs = [r["epoch"] for r in records if r["event"] == "epoch"]
+    assert epochs == list(range(1, 41)) and any(r["event"] == "resumed" for r in records)

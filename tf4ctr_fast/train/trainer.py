@@ -734,6 +734,8 @@ def _train_multiprocess(cfg: RunConfig, data: Any, resume: bool) -> dict[str, An
             if last.startswith(prefix):
                 raise kind(last[len(prefix):]) from None
         raise
+    except KeyboardInterrupt as e:          # Ctrl-C or SIGTERM here (the ranks stop on theirs)
+        raise _naming_sharded_checkpoint(e, cfg.resolved_out_dir()) from None
     except ProcessExitedException as e:     # a rank killed (signal) or gone without an exception
         how = f"signal {e.signal_name}" if e.signal_name else f"exit code {e.exit_code}"
         raise RankLost(f"rank {e.error_index} of {cfg.train.nproc} ended ({how}), so the run stopped; "
@@ -745,6 +747,17 @@ def _way_on(out_dir: Path) -> str:
     if (out_dir / LAST_SHARDED).is_dir():
         return f"{out_dir / LAST_SHARDED} is kept: continue the run with `{resume_hint(out_dir)}`"
     return "it had written no resumable checkpoint: start it over with --overwrite"
+
+
+def _naming_sharded_checkpoint(e: KeyboardInterrupt, out_dir: Path) -> KeyboardInterrupt:
+    """The interrupt, naming the run's last.dcp (the last one the ranks finished) when there is one."""
+    last = out_dir / LAST_SHARDED
+    try:
+        run = read_checkpoint(last)["run"]
+    except (InputError, KeyError):
+        return e
+    return Interrupted(getattr(e, "signum", signal.SIGINT), str(last), _position(_RunState(Plateau(1), **{
+        k: run[k] for k in ("epoch", "step")})))
 
 
 def _first_line(e: BaseException) -> str:

@@ -173,8 +173,10 @@ def run_all(runs: Sequence[Run], config_path: Optional[str], overrides: Sequence
                 while todo and len(running) < jobs:
                     run = todo.pop(0)
                     run.out_dir.parent.mkdir(parents=True, exist_ok=True)
-                    log = open(run.console, "w")
-                    proc = subprocess.Popen(_train_command(config_path, overrides, run, threads), stdout=log,
+                    command = _train_command(config_path, overrides, run, threads)
+                    # a resumed run's console goes on after what it printed before its stop
+                    log = open(run.console, "a" if "--resume" in command else "w")
+                    proc = subprocess.Popen(command, stdout=log,
                                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
                     running[proc] = (run, log)
                 for proc in [p for p in running if p.poll() is not None]:

@@ -37,7 +37,7 @@ from typing import Optional, Sequence
 from .errors import InputError
 from .io_utils import atomic_file
 from .signals import sigterm_interrupts
-from .train.runfolder import LAST_NAME, LAST_SHARDED, RESULTS_NAME, RUN_DIRS, RUN_FILES
+from .train.runfolder import RESULTS_NAME, RUN_DIRS, RUN_FILES, last_checkpoint
 METRICS = (("test", "auc"), ("test", "gauc"), ("test", "logloss"), ("valid", "auc"))
 
 
@@ -135,7 +135,7 @@ def _train_command(config_path: Optional[str], overrides: Sequence[str], run: Ru
     removes only that run's own files)."""
     cmd = [sys.executable, "-m", "tf4ctr_fast.cli", "train"]
     quiet = [f"train.num_threads={threads}", "train.progress=false"]
-    if (run.out_dir / LAST_NAME).is_file() or (run.out_dir / LAST_SHARDED).is_dir():
+    if last_checkpoint(run.out_dir) is not None:
         return cmd + ["--resume", str(run.out_dir), *quiet]
     if any((run.out_dir / name).exists() for name in (*RUN_FILES, *RUN_DIRS)):
         cmd.append("--overwrite")

@@ -27,6 +27,7 @@ import torch
 
 from ..features import Features, slice_bags
 from .loader import DeviceBatchLoader
+from .rank_slices import take_jagged_rows
 
 CHUNK_BYTES = 64 << 20
 DEVICE_MEMORY_SHARE = 0.5   # choose_loader: a split may take this share of the free device memory
@@ -45,7 +46,7 @@ class _Block:
         return len(self.labels)
 
     def take(self, rows: np.ndarray) -> _Block:
-        return _Block(self.ids[rows], self.labels[rows], [_take_jagged(v, o, rows) for v, o in self.multi_valued])
+        return _Block(self.ids[rows], self.labels[rows], [take_jagged_rows(v, o, rows) for v, o in self.multi_valued])
 
     def then(self, other: _Block) -> _Block:
         """This block followed by `other`."""
@@ -61,15 +62,6 @@ class _Block:
         tail = _Block(self.ids[row:], self.labels[row:],
                       [(v[o[row]:], o[row:] - o[row]) for v, o in self.multi_valued])
         return head, tail
-
-
-def _take_jagged(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The jagged rows `rows` of (values, offsets), in that order."""
-    lengths = (offsets[1:] - offsets[:-1])[rows]
-    new_offsets = np.zeros(len(rows) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=new_offsets[1:])
-    source = np.repeat(offsets[:-1][rows] - new_offsets[:-1], lengths) + np.arange(int(new_offsets[-1]))
-    return values[source], new_offsets
 
 
 @dataclass

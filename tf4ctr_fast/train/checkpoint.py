@@ -176,9 +176,15 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 
 # -- sharded checkpoints (multi-process runs) ------------------------------------------------------
 
-def _written_by_a_run(path: Path) -> None:
+def written_by_a_run(path: Path) -> bool:
+    """Whether `path` is a sharded checkpoint folder that a run wrote (and so may replace or remove):
+    a real folder, not a link, holding META_NAME."""
+    return not path.is_symlink() and (path / META_NAME).is_file()
+
+
+def _replaceable(path: Path) -> None:
     """atomic_dir's check: a sharded checkpoint folder is replaced only by another one."""
-    if path.is_symlink() or not (path / META_NAME).is_file():
+    if not written_by_a_run(path):
         raise InputError(f"{path}: exists but is not a sharded checkpoint a run wrote; move it away")
 
 
@@ -208,7 +214,7 @@ def save_sharded(path: str | os.PathLike, model: nn.Module, sparse: Optional[Any
     rank = dist.get_rank()
     with contextlib.ExitStack() as stack:
         # rank 0 makes the scratch folder beside `path` (a shared file system: every rank writes there)
-        tmp = Path(rank0_first(lambda: str(stack.enter_context(atomic_dir(path, _written_by_a_run)))))
+        tmp = Path(rank0_first(lambda: str(stack.enter_context(atomic_dir(path, _replaceable)))))
         dcp.save(_dcp_state(model, sparse), checkpoint_id=tmp)
         if rank_state is not None:
             torch.save(_to_cpu(rank_state), _rank_file(tmp, rank))

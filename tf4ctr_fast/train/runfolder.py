@@ -25,7 +25,7 @@ from typing import Iterator, Optional
 from ..config import RunConfig, apply_overrides
 from ..errors import InputError
 from . import plots
-from .checkpoint import META_NAME, read_checkpoint
+from .checkpoint import META_NAME, read_checkpoint, written_by_a_run
 
 LOCK_NAME = "run.lock"
 LOG_NAME = "log.jsonl"
@@ -76,14 +76,19 @@ def resume_hint(folder: Path) -> str:
     return f"tf4ctr-fast train --resume {folder}"
 
 
-def _require_last(folder: Path, sharded: Optional[bool] = None) -> Path:
-    """The resumable checkpoint in `folder` (last.pt, or last.dcp of a multi-process run); with
-    `sharded` given, it must be of that kind."""
+def last_checkpoint(folder: Path) -> Optional[Path]:
+    """The resumable checkpoint in `folder`: last.pt, or last.dcp of a multi-process run; None if none."""
     if (folder / LAST_NAME).is_file():
-        path = folder / LAST_NAME
-    elif (folder / LAST_SHARDED / META_NAME).is_file():
-        path = folder / LAST_SHARDED
-    else:
+        return folder / LAST_NAME
+    if (folder / LAST_SHARDED / META_NAME).is_file():
+        return folder / LAST_SHARDED
+    return None
+
+
+def _require_last(folder: Path, sharded: Optional[bool] = None) -> Path:
+    """last_checkpoint(folder), which must exist; with `sharded` given, it must be of that kind."""
+    path = last_checkpoint(folder)
+    if path is None:
         raise InputError(f"{folder}: no {LAST_NAME} or {LAST_SHARDED} to resume from (the run stopped "
                          "before its first checkpoint); start it over with --overwrite")
     if sharded is not None and sharded != (path.name == LAST_SHARDED):
@@ -124,7 +129,7 @@ def _check(folder: Path, overwrite: bool, resume: bool, sharded: Optional[bool] 
     if overwrite and not resume:
         for name in RUN_DIRS:
             path = folder / name
-            if os.path.lexists(path) and (path.is_symlink() or not (path / META_NAME).is_file()):
+            if os.path.lexists(path) and not written_by_a_run(path):
                 raise InputError(f"{path}: is not a checkpoint folder a run wrote, so --overwrite leaves it "
                                  "alone; move it away")
 

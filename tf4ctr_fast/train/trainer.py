@@ -68,7 +68,8 @@ from .checkpoint import (_build_model, load_sharded, read_checkpoint, restore_we
                          save_sharded, sparse_optimizer_of)
 from .metrics import auc, difficulty_counts, gauc, logloss
 from .precision import autocast, resolve_precision
-from .runfolder import LAST_SHARDED, LOG_NAME, RESULTS_NAME, checkpoint_names, open_run, resume_hint
+from .runfolder import (LAST_SHARDED, LOG_NAME, RESULTS_NAME, checkpoint_names, last_checkpoint, open_run,
+                        resume_hint)
 from .runlog import RunLog, environment, to_jsonable
 
 logger = logging.getLogger(__name__)
@@ -557,13 +558,13 @@ class _LastCheckpoint:
                           rank_state={"rng": _rng_state()})
         self.last_time = time.perf_counter()
         self.write_s = self.last_time - start
-        self.saved_at = _position(run)
+        self.saved_at = _position(run.epoch, run.step)
         self.writes += 1
         self.total_write_s += self.write_s
 
 
-def _position(run: _RunState) -> str:
-    return f"epoch {run.epoch} after step {run.step}"
+def _position(epoch: int, step: int) -> str:
+    return f"epoch {epoch} after step {step}"
 
 
 def _check_divergence(run: _RunState, loss_sum: float, norm_sum: float, cfg: RunConfig, lr: float,
@@ -744,8 +745,9 @@ def _train_multiprocess(cfg: RunConfig, data: Any, resume: bool) -> dict[str, An
 
 
 def _way_on(out_dir: Path) -> str:
-    if (out_dir / LAST_SHARDED).is_dir():
-        return f"{out_dir / LAST_SHARDED} is kept: continue the run with `{resume_hint(out_dir)}`"
+    last = last_checkpoint(out_dir)
+    if last is not None:
+        return f"{last} is kept: continue the run with `{resume_hint(out_dir)}`"
     return "it had written no resumable checkpoint: start it over with --overwrite"
 
 
@@ -756,8 +758,7 @@ def _naming_sharded_checkpoint(e: KeyboardInterrupt, out_dir: Path) -> KeyboardI
         run = read_checkpoint(last)["run"]
     except (InputError, KeyError):
         return e
-    return Interrupted(getattr(e, "signum", signal.SIGINT), str(last), _position(_RunState(Plateau(1), **{
-        k: run[k] for k in ("epoch", "step")})))
+    return Interrupted(getattr(e, "signum", signal.SIGINT), str(last), _position(run["epoch"], run["step"]))
 
 
 def _first_line(e: BaseException) -> str:
@@ -881,7 +882,7 @@ def _fit(cfg: RunConfig, data: Any, replica: _Local | _Sharded, device: torch.de
             loaders = {"train": type(train_loader).__name__, "valid": type(valid_loader).__name__}
             if resume:
                 log.write("resumed", epoch=run.epoch, step=run.step, env=environment(device))
-                logger.info("resuming %s at %s", out_dir, _position(run))
+                logger.info("resuming %s at %s", out_dir, _position(run.epoch, run.step))
             else:
                 log.write("params", config=cfg.to_dict(), schema_summary=_schema_summary(data, splits),
                           env=environment(device), loaders=loaders, precision=precision)
@@ -889,7 +890,7 @@ def _fit(cfg: RunConfig, data: Any, replica: _Local | _Sharded, device: torch.de
             logger.info("loaders: %s", ", ".join(f"{k} {v}" for k, v in loaders.items()))
         last = _LastCheckpoint(last_path, replica, optimizer, train_loader, cfg, data.schema, log, run_start)
         if resume:
-            last.saved_at = _position(run)
+            last.saved_at = _position(run.epoch, run.step)
             if payload["rng"] is not None:
                 _set_rng_state(payload["rng"])      # last: nothing may draw from them before training
             else:   # a rank the checkpoint's (smaller) world did not have: its dropout masks start afresh

@@ -280,7 +280,7 @@ def test_sharded_training_matches_single_process(sharded_results, name):
     buffers = {key for key, _ in model.named_buffers()}
     for key, value in expected.items():
         if key not in buffers:
-            torch.testing.assert_close(got["trained"][key], value, rtol=1e-5, atol=1e-7, msg=key)
+            torch.testing.assert_close(got["trained"][key], value, rtol=1e-5, atol=1e-7, msg=lambda m: key + m)
 
 
 @pytest.mark.parametrize("name,backend", [("DeepFM", "torchrec"), ("AutoInt", "reference")])

@@ -32,3 +32,30 @@ def init_embedding_table_(weight: Tensor) -> None:
     with torch.no_grad():
         nn.init.normal_(weight, std=EMBEDDING_INIT_STD)
         weight[PADDING_ID].zero_()
+
+
+INIT_ORDERS = ("project", "fuxictr")
+
+
+def draw_in_fuxictr_order_(model: nn.Module) -> None:
+    """Redraw the weights of `model` from torch's default generator in the order FuxiCTR 2.3 draws them
+    when it builds a model: each embedding table's nn.Embedding default N(0, 1) (padding row zeroed),
+    then FeatureEmbeddingDict's N(0, 1e-4) on the rows after the padding row, then each nn.Linear /
+    nn.Conv1d default init (as it is built), then BaseModel.reset_parameters: xavier-normal weights and
+    zero biases, and the N(0, 1e-4) again. Tables and layers go in module order, so after
+    seed_everything(seed) this reproduces FuxiCTR's initial weights (and generator state) for a model
+    built in FuxiCTR's order: DNN bit for bit (scripts/check_fuxictr_init.py). The distributions are
+    the project order's; only which draw lands where changes."""
+    tables = [m.weight for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))]
+    layers = [m for m in model.modules() if type(m) in (nn.Linear, nn.Conv1d)]
+    with torch.no_grad():
+        for weight in tables:
+            nn.init.normal_(weight)
+            weight[PADDING_ID].zero_()
+        for weight in tables:
+            nn.init.normal_(weight[PADDING_ID + 1:], std=EMBEDDING_INIT_STD)
+        for layer in layers:
+            layer.reset_parameters()
+        reset_linear_layers_(model)
+        for weight in tables:
+            nn.init.normal_(weight[PADDING_ID + 1:], std=EMBEDDING_INIT_STD)

@@ -61,6 +61,7 @@ from ..data.streaming import LOADERS, choose_loader
 from ..errors import InputError, RankLost
 from ..features import ModelInput, bag_fields_of
 from ..io_utils import atomic_file
+from ..layers.init import INIT_ORDERS, draw_in_fuxictr_order_
 from ..signals import Deferral, Interrupted, deferred
 from ..torchrun import launched, rank0_first
 from . import plots
@@ -202,6 +203,11 @@ def _check_config(cfg: RunConfig, data: Any, device: torch.device) -> None:
     resolve_precision(tc.precision, device)       # an unknown name stops the run before any work
     if tc.loader not in LOADERS:
         raise InputError(f"config key 'train.loader': {tc.loader!r} is not one of {', '.join(LOADERS)}")
+    if tc.init_order not in INIT_ORDERS:
+        raise InputError(f"config key 'train.init_order': {tc.init_order!r} is not one of {', '.join(INIT_ORDERS)}")
+    if tc.init_order == "fuxictr" and cfg.model.backend != "reference":
+        raise InputError("config key 'train.init_order': 'fuxictr' draws nn.Embedding tables: it needs "
+                         f"model.backend 'reference', got {cfg.model.backend!r}")
     if cfg.model.backend == "torchrec":
         _check_torchrec_config(cfg, device)
     elif tc.nproc > 1:
@@ -713,6 +719,9 @@ def train(cfg: RunConfig, data: Any, model: Optional[nn.Module] = None, *, overw
         if model is None:
             model = _build_model(cfg, data.field_names, data.vocab_sizes, device,
                                  bag_fields=bag_fields_of(data.schema))
+            if tc.init_order == "fuxictr":
+                seed_everything(tc.seed)
+                draw_in_fuxictr_order_(model)
         model.to(device)
         return _fit(cfg, data, _Local(model), device, resume)
 

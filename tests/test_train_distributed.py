@@ -166,3 +166,38 @@ def test_sigterm_stops_the_ranks_at_a_checkpoint_and_resume_finishes(two_rank_ru
     records = read_log(run / "log.jsonl")
     epochs = [r["epoch"] for r in records if r["event"] == "epoch"]
     assert epochs == list(range(1, 41)) and any(r["event"] == "resumed" for r in records)
+
+
+def test_ranks_stop_at_a_checkpoint_when_the_launcher_is_killed(two_rank_run, tmp_path):
+    """SIGKILL to the `--nproc` launcher alone (it cannot forward it): its ranks must not train on as
+    orphans holding the run folder. torch's spawn asks the kernel for SIGINT to each rank when the
+    launcher dies (prctl PR_SET_PDEATHSIG in torch.multiprocessing's _wrap), which stops them like a
+    Ctrl-C; they leave a whole last.dcp to resume from."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tf4ctr_fast.train.checkpoint import read_checkpoint
+
+    _, tmp, config = two_rank_run
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "tf4ctr_fast", "train", "--config", str(config), "--nproc", "2", *ENGINE,
+           "train.epochs=100000", "train.patience=100000", f"train.out_dir={run}", "train.num_threads=1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (run / "last.dcp").is_dir():
+            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()[0]
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=120)                # EOF: every rank (they share the pipe) has exited
+        meta = read_checkpoint(run / "last.dcp")     # whole: a stop never leaves half a checkpoint
+        assert meta["epoch"] >= 1 and not (run / "results.json").exists()
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)     # the ranks, if they outlived the test's patience
+        except ProcessLookupError:
+            pass

@@ -3,7 +3,12 @@ score and checkpoint their shards (sharded checkpoint folders), and the checkpoi
 one process, predicts what the ranks reported.
 One launch (process start-up and the torchrec imports dominate the cost)."""
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 import warnings
 
 import numpy as np
@@ -21,7 +26,7 @@ from tf4ctr_fast.cli import main  # noqa: E402
 from tf4ctr_fast.config import load_config  # noqa: E402
 from tf4ctr_fast.data.columns import load_prepared  # noqa: E402
 from tf4ctr_fast.errors import InputError  # noqa: E402
-from tf4ctr_fast.train.checkpoint import _build_model, load_checkpoint, restore_weights  # noqa: E402
+from tf4ctr_fast.train.checkpoint import _build_model, load_checkpoint, read_checkpoint, restore_weights  # noqa: E402
 from tf4ctr_fast.train.runlog import read_log  # noqa: E402
 from tf4ctr_fast.train.trainer import predict_proba, train  # noqa: E402
 
@@ -137,25 +142,28 @@ def test_sharded_runs_use_the_fused_head(two_rank_run):
     assert read_log(tmp / "run" / "log.jsonl")[0]["config"]["model"]["head"] == "fused"
 
 
-def test_sigterm_stops_the_ranks_at_a_checkpoint_and_resume_finishes(two_rank_run, tmp_path):
-    """SIGTERM to the whole `--nproc 2` process group (what a scheduler sends): exit 143, the message
-    names last.dcp and the resume command; the resumed run finishes with every epoch logged once."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    _, tmp, config = two_rank_run
-    run = tmp_path / "run"
+def start_two_rank_run(config, run, epochs: int) -> subprocess.Popen:
+    """`train --nproc 2` in a process group of its own, returned once its first last.dcp exists."""
     cmd = [sys.executable, "-m", "tf4ctr_fast", "train", "--config", str(config), "--nproc", "2", *ENGINE,
-           "train.epochs=40", "train.patience=40", f"train.out_dir={run}", "train.num_threads=1"]
+           f"train.epochs={epochs}", f"train.patience={epochs}", f"train.out_dir={run}", "train.num_threads=1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     deadline = time.monotonic() + 300
     while not (run / "last.dcp").is_dir():
-        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()[0]
+        if time.monotonic() > deadline or proc.poll() is not None:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail(f"no last.dcp: {proc.communicate()[0]}")
         time.sleep(0.05)
+    return proc
+
+
+def test_sigterm_stops_the_ranks_at_a_checkpoint_and_resume_finishes(two_rank_run, tmp_path):
+    """SIGTERM to the whole `--nproc 2` process group (what a scheduler sends): exit 143, the message
+    names last.dcp and the resume command; the resumed run finishes with every epoch logged once."""
+    _, tmp, config = two_rank_run
+    run = tmp_path / "run"
+    proc = start_two_rank_run(config, run, epochs=40)
     os.killpg(proc.pid, signal.SIGTERM)
     out = proc.communicate(timeout=300)[0]
     assert proc.returncode == 143, out
@@ -173,25 +181,10 @@ def test_ranks_stop_at_a_checkpoint_when_the_launcher_is_killed(two_rank_run, tm
     orphans holding the run folder. torch's spawn asks the kernel for SIGINT to each rank when the
     launcher dies (prctl PR_SET_PDEATHSIG in torch.multiprocessing's _wrap), which stops them like a
     Ctrl-C; they leave a whole last.dcp to resume from."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from tf4ctr_fast.train.checkpoint import read_checkpoint
-
     _, tmp, config = two_rank_run
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "tf4ctr_fast", "train", "--config", str(config), "--nproc", "2", *ENGINE,
-           "train.epochs=100000", "train.patience=100000", f"train.out_dir={run}", "train.num_threads=1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = start_two_rank_run(config, run, epochs=100000)
     try:
-        deadline = time.monotonic() + 300
-        while not (run / "last.dcp").is_dir():
-            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()[0]
-            time.sleep(0.05)
         os.kill(proc.pid, signal.SIGKILL)
         proc.communicate(timeout=120)                # EOF: every rank (they share the pipe) has exited
         meta = read_checkpoint(run / "last.dcp")     # whole: a stop never leaves half a checkpoint

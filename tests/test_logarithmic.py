@@ -34,7 +34,7 @@ def test_logarithmic_layer_matches_fuxictr_formulation(batch, fields, dim, neuro
     weight = torch.randn_like(out)
     (out * weight).sum().backward()
     (expected * weight).sum().backward()
-    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-4, atol=1e-5 * x_ref.grad.abs().max().item())
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-4, atol=1e-5 * x_ref.grad.abs().max().item() + 1e-9)
     # Sums over B*d terms that cancel (in training the log BatchNorm's bias gradient is exactly 0:
     # the exp BatchNorm normalises its shift away): an absolute tolerance on the gradients' scale.
     scale = max(p.grad.abs().max().item() for p in reference.parameters())

@@ -1,0 +1,86 @@
+"""ops.exp_batch_norm (kernels/exp_batch_norm.cpp in training on the CPU) against its op-by-op twin,
+torch's exp and BatchNorm (reference/exp_batch_norm.py): outputs, the input's and the affine
+parameters' gradients, running statistics and the batch count, over a grid of shapes; eval and the
+paths without the kernel are the twin itself."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from tf4ctr_fast.ops import HAS_KERNELS
+from tf4ctr_fast.ops.exp_batch_norm import exp_batch_norm
+from tf4ctr_fast.reference.exp_batch_norm import exp_batch_norm as twin
+
+needs_kernels = pytest.mark.skipif(not HAS_KERNELS, reason="compiled kernels missing")
+
+
+def affine_bn(neurons: int, seed: int) -> nn.BatchNorm1d:
+    torch.manual_seed(seed)
+    bn = nn.BatchNorm1d(neurons)
+    with torch.no_grad():
+        bn.weight.normal_(1.0, 0.3)
+        bn.bias.normal_(0.0, 0.3)
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2.0)
+    return bn
+
+
+@needs_kernels
+@pytest.mark.parametrize("batch,dim,neurons", [(7, 4, 5), (64, 16, 40), (2, 1, 3), (300, 3, 33)])
+def test_kernel_matches_twin_in_training(batch, dim, neurons):
+    bn = affine_bn(neurons, batch)
+    bn_twin = copy.deepcopy(bn)
+    # exp of a wide range: outputs from about 0.02 to 50, as AFN's products of powers spread
+    z = (torch.randn(batch, dim, neurons) * 1.3).requires_grad_()
+    z_twin = z.detach().clone().requires_grad_()
+    y, y_twin = exp_batch_norm(z, bn), twin(z_twin, bn_twin)
+    assert y.shape == (batch, neurons, dim) and y.is_contiguous()
+    torch.testing.assert_close(y, y_twin, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(y)
+    y.backward(g)
+    y_twin.backward(g)
+    # dz = e * w * invstd * (dy - mean(dy) - xhat * mean(dy * xhat)) cancels where a channel has few values
+    # (2 at (2, 1, 3)): the tolerance is on the scale of its terms before they cancel
+    e = torch.exp(z_twin.detach())
+    invstd = 1 / (e.var(dim=(0, 1), unbiased=False) + bn.eps).sqrt()
+    scale = (e * g.transpose(1, 2).abs() * bn.weight.detach().abs() * invstd).max().item()
+    torch.testing.assert_close(z.grad, z_twin.grad, rtol=1e-4, atol=1e-5 * scale)
+    for name in ("weight", "bias"):
+        want = getattr(bn_twin, name).grad
+        torch.testing.assert_close(getattr(bn, name).grad, want, rtol=1e-4, atol=1e-5 * want.abs().max().item())
+    for name in ("running_mean", "running_var"):
+        torch.testing.assert_close(getattr(bn, name), getattr(bn_twin, name), rtol=1e-5, atol=1e-6)
+    assert bn.num_batches_tracked.item() == bn_twin.num_batches_tracked.item() == 1
+
+
+@needs_kernels
+def test_kernel_statistics_are_accurate_where_float_sums_are_not():
+    # A channel with a large mean and a small spread: the kernel's double sums give the variance of the
+    # float64 computation to float rounding.
+    torch.manual_seed(0)
+    z = torch.log(1000 + torch.rand(50, 8, 6))
+    bn = nn.BatchNorm1d(6)
+    y = exp_batch_norm(z, bn)
+    exact = nn.functional.batch_norm(torch.exp(z.double()).transpose(1, 2), None, None, training=True)
+    torch.testing.assert_close(y.double(), exact, rtol=0, atol=2e-3)
+
+
+@needs_kernels
+def test_kernel_refuses_bad_shapes():
+    with pytest.raises(RuntimeError, match="z must be a float32 CPU tensor"):
+        torch.ops.tf4ctr_fast.exp_batch_norm_forward(torch.zeros(2, 3), torch.ones(3), torch.zeros(3),
+                                                     torch.zeros(3), torch.ones(3), True, 0.1, 1e-5)
+    with pytest.raises(RuntimeError, match="weight must be a contiguous float32 CPU vector of 4"):
+        torch.ops.tf4ctr_fast.exp_batch_norm_forward(torch.zeros(2, 3, 4), torch.ones(3), torch.zeros(4),
+                                                     torch.zeros(4), torch.ones(4), True, 0.1, 1e-5)
+
+
+def test_eval_and_double_inputs_run_the_twin():
+    bn = affine_bn(5, 1).eval()
+    z = torch.randn(4, 3, 5)
+    torch.testing.assert_close(exp_batch_norm(z, bn), twin(z, bn), rtol=0, atol=0)
+    bn64 = copy.deepcopy(bn).double().train()
+    z64 = z.double()
+    torch.testing.assert_close(exp_batch_norm(z64, bn64), twin(z64, copy.deepcopy(bn).double().train()),
+                               rtol=0, atol=0)

@@ -79,10 +79,11 @@ def test_train_draws_in_fuxictr_order_and_checks_the_key(tmp_path):
     torch.testing.assert_close(fuxictr[key], expected.state_dict()[key], rtol=0, atol=1e-9)  # lr 1e-12: one tiny step
     assert (fuxictr[key] - project[key]).abs().max() > 1e-3
 
-    for value, backend, words in (("numpy", "reference", "is not one of project, fuxictr"),
-                                  ("fuxictr", "torchrec", "needs model.backend 'reference'")):
+    for value, name, backend, words in (("numpy", "DNN", "reference", "is not one of project, fuxictr"),
+                                        ("fuxictr", "DNN", "torchrec", "got 'DNN' on 'torchrec'"),
+                                        ("fuxictr", "DLF", "reference", "got 'DLF' on 'reference'")):
         cfg = make_cfg(tmp_path / value, init_order=value)
-        cfg.model = tiny_config("DNN", backend=backend)
+        cfg.model = tiny_config(name, backend=backend)
         with pytest.raises(InputError, match="train.init_order") as e:
             train(cfg, data)
         assert words in str(e.value)

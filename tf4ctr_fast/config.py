@@ -154,8 +154,8 @@ class TrainConfig:
     shuffle_seed: Optional[int] = None
     # the order the initial weights are drawn in from train.seed: "project" (each layer as it is built)
     # or "fuxictr" (FuxiCTR's: every table's and Linear's torch default init, then its reset, so a model
-    # built in FuxiCTR's order, DNN for one, starts from FuxiCTR's very weights at the same seed;
-    # reference backend only; layers/init.py draw_in_fuxictr_order_)
+    # built in FuxiCTR's order starts from FuxiCTR's very weights at the same seed; DNN on the reference
+    # backend only, the model checked bit for bit; layers/init.py draw_in_fuxictr_order_)
     init_order: str = "project"
     device: str = "auto"           # "auto" | "cpu" | "cuda"
     # the training forward: "fp32" | "bf16" (autocast; weights, optimizer, loss and metrics stay

@@ -35,6 +35,11 @@ def init_embedding_table_(weight: Tensor) -> None:
 
 
 INIT_ORDERS = ("project", "fuxictr")
+# (model, backend) whose weights draw_in_fuxictr_order_ makes FuxiCTR's, checked bit for bit
+# (scripts/check_fuxictr_init.py). Another model may hold randomly initialised parameters the redraw
+# does not cover (DLF's token mixing, EulerNet's orders, ...): they would keep draws from the same
+# seed's stream as the redrawn ones, identical numbers in two tensors. train.init_order refuses them.
+FUXICTR_ORDER_CHECKED = ("DNN", "reference")
 
 
 def draw_in_fuxictr_order_(model: nn.Module) -> None:
@@ -44,8 +49,9 @@ def draw_in_fuxictr_order_(model: nn.Module) -> None:
     nn.Conv1d default init (as it is built), then BaseModel.reset_parameters: xavier-normal weights and
     zero biases, and the N(0, 1e-4) again. Tables and layers go in module order, so after
     seed_everything(seed) this reproduces FuxiCTR's initial weights (and generator state) for a model
-    built in FuxiCTR's order: DNN bit for bit (scripts/check_fuxictr_init.py). The distributions are
-    the project order's; only which draw lands where changes."""
+    built in FuxiCTR's order whose random parameters are all tables and Linear / Conv1d layers: DNN,
+    bit for bit (FUXICTR_ORDER_CHECKED). The distributions are the project order's; only which draw
+    lands where changes."""
     tables = [m.weight for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))]
     layers = [m for m in model.modules() if type(m) in (nn.Linear, nn.Conv1d)]
     with torch.no_grad():

@@ -61,7 +61,7 @@ from ..data.streaming import LOADERS, choose_loader
 from ..errors import InputError, RankLost
 from ..features import ModelInput, bag_fields_of
 from ..io_utils import atomic_file
-from ..layers.init import INIT_ORDERS, draw_in_fuxictr_order_
+from ..layers.init import FUXICTR_ORDER_CHECKED, INIT_ORDERS, draw_in_fuxictr_order_
 from ..signals import Deferral, Interrupted, deferred
 from ..torchrun import launched, rank0_first
 from . import plots
@@ -205,9 +205,11 @@ def _check_config(cfg: RunConfig, data: Any, device: torch.device) -> None:
         raise InputError(f"config key 'train.loader': {tc.loader!r} is not one of {', '.join(LOADERS)}")
     if tc.init_order not in INIT_ORDERS:
         raise InputError(f"config key 'train.init_order': {tc.init_order!r} is not one of {', '.join(INIT_ORDERS)}")
-    if tc.init_order == "fuxictr" and cfg.model.backend != "reference":
-        raise InputError("config key 'train.init_order': 'fuxictr' draws nn.Embedding tables: it needs "
-                         f"model.backend 'reference', got {cfg.model.backend!r}")
+    if tc.init_order == "fuxictr" and (cfg.model.name, cfg.model.backend) != FUXICTR_ORDER_CHECKED:
+        raise InputError("config key 'train.init_order': 'fuxictr' is checked bit for bit against FuxiCTR for "
+                         f"model.name {FUXICTR_ORDER_CHECKED[0]!r} on model.backend {FUXICTR_ORDER_CHECKED[1]!r} "
+                         f"only (other models build their layers in other orders), got {cfg.model.name!r} on "
+                         f"{cfg.model.backend!r}")
     if cfg.model.backend == "torchrec":
         _check_torchrec_config(cfg, device)
     elif tc.nproc > 1:

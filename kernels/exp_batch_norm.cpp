@@ -4,7 +4,7 @@
 // exp's backward: about ten passes over a [B, N, d] tensor (0.8 GB at Frappe's batch of 10000). Here:
 // forward four (ATen's exp, the channel sums, the centred squares, the normalised transposing write),
 // backward two (the channel sums of dy and dy * xhat, then dz with exp's derivative folded in). The
-// statistics are accumulated in double (torch's contiguous BatchNorm: float partial sums).
+// statistics are accumulated in double, the variance over centred values (two passes).
 //
 // The op-by-op twin is tf4ctr_fast/reference/exp_batch_norm.py (torch's exp and batch_norm).
 #include <ATen/ATen.h>

@@ -55,15 +55,16 @@ def test_kernel_matches_twin_in_training(batch, dim, neurons):
 
 
 @needs_kernels
-def test_kernel_statistics_are_accurate_where_float_sums_are_not():
-    # A channel with a large mean and a small spread: the kernel's double sums give the variance of the
-    # float64 computation to float rounding.
+def test_kernel_variance_survives_a_large_mean():
+    # Channels with mean 1e4 and spread 0.3: a one-pass variance (E[x^2] - E[x]^2) in float32 would be
+    # noise there. Against float64 the kernel must be as close as torch's BatchNorm; both are limited
+    # by float32's spacing of the inputs near 1e4.
     torch.manual_seed(0)
-    z = torch.log(1000 + torch.rand(50, 8, 6))
-    bn = nn.BatchNorm1d(6)
-    y = exp_batch_norm(z, bn)
+    z = torch.log(1e4 + torch.rand(500, 16, 6))
     exact = nn.functional.batch_norm(torch.exp(z.double()).transpose(1, 2), None, None, training=True)
-    torch.testing.assert_close(y.double(), exact, rtol=0, atol=2e-3)
+    err = (exp_batch_norm(z, nn.BatchNorm1d(6)).double() - exact).abs().max().item()
+    err_twin = (twin(z, nn.BatchNorm1d(6)).double() - exact).abs().max().item()
+    assert err <= 2 * err_twin + 1e-6, (err, err_twin)
 
 
 @needs_kernels

@@ -2,7 +2,7 @@
 # The Frappe_x1r result tables still to run (docs/results.md), one sweep folder per item, with the paper's
 # shared settings (configs/frappe.yaml: d 16, batch 10000, emb_reg 0.1, dropout 0.2, BatchNorm, Adam 1e-3,
 # the FuxiCTR protocol) and every MLP the paper's [400, 400, 400] as in scripts/frappe_zoo.sh:
-#   afn           issue "A model library": AFN+ at seed 2023 (the zoo's missing run)
+#   afn           issue "A model library": AFN+ at seed 2023 (done: docs/runs/frappe/zoo/AFN; skipped)
 #   table8*       issue "TF4CTR as a plug-in", paper Table VIII: TF4CTR-DeepFM / -xDeepFM / -WideDeep
 #                 (their bases: docs/runs/frappe/zoo/{DeepFM,xDeepFM,WideDeep}, same seeds)
 #   table5_*      Table V: DualMLP, DeepFM, DCNv2 with bce / focal / rce, and each "with the TF loss":

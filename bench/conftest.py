@@ -34,12 +34,21 @@ def pytest_addoption(parser):
                           "that other jobs keep busy")
 
 
+def unused_path(path: Path) -> Path:
+    """`path`, or the first free `<stem>-2<suffix>`, `-3`, ...: a run never replaces the JSON of an
+    earlier run of the same day (pytest-benchmark would overwrite it)."""
+    candidate, n = path, 2
+    while candidate.exists():
+        candidate, n = path.with_name(f"{path.stem}-{n}{path.suffix}"), n + 1
+    return candidate
+
+
 @pytest.hookimpl(tryfirst=True)  # before pytest-benchmark reads --benchmark-json
 def pytest_configure(config):
     if getattr(config.option, "benchmark_json", "absent") is None:
         # The suite always leaves its JSON (every raw timing + machine record), named by device and date.
         kind = torch.cuda.get_device_name(0).split()[-1].lower() if torch.cuda.is_available() else "cpu"
-        config.option.benchmark_json = Path(__file__).parent / "results" / f"{kind}-{date.today()}.json"
+        config.option.benchmark_json = unused_path(Path(__file__).parent / "results" / f"{kind}-{date.today()}.json")
     threads = config.getoption("--bench-threads", 0)
     if threads > 0:
         torch.set_num_threads(threads)

@@ -175,6 +175,14 @@ def _batches(vocabs, count, batch=48, seed=3):
              (torch.rand(batch, generator=gen) < 0.4).float()) for _ in range(count)]
 
 
+def _backend_configs(keys: list[str]) -> dict:
+    """The model config of `keys` on each backend (reference, torchrec)."""
+    from tf4ctr_fast.config import load_config
+
+    return {backend: load_config(None, keys + [f"model.backend={backend}"]).model
+            for backend in ("reference", "torchrec")}
+
+
 @pytest.mark.parametrize("clip", [None, 0.05], ids=["unclipped", "clipped"])
 @pytest.mark.parametrize("name", ["DNN", "TF4CTR", "DeepFM"])
 def test_torchrec_adam_trains_like_the_reference_backend(name, clip):
@@ -184,15 +192,12 @@ def test_torchrec_adam_trains_like_the_reference_backend(name, clip):
     the table gradients, with a threshold that binds at every step. No BatchNorm: the Linear bias before it has
     a zero gradient up to rounding, which Adam scales to whole +-lr steps, so the backends' different
     summation orders would show there as noise of one step."""
-    from tf4ctr_fast.config import load_config
     from tf4ctr_fast.models import build_model
     from tf4ctr_fast.models.state_dicts import copy_weights
 
     vocabs = [40, 300, 6]
-    keys = [f"model.name={name}", "model.emb_reg=0.1", "model.embedding_dim=8", "model.net_dropout=0",
-            "model.batch_norm=false"]
-    cfg = {backend: load_config(None, keys + [f"model.backend={backend}"]).model
-           for backend in ("reference", "torchrec")}
+    cfg = _backend_configs([f"model.name={name}", "model.emb_reg=0.1", "model.embedding_dim=8",
+                            "model.net_dropout=0", "model.batch_norm=false"])
     batches = _batches(vocabs, 16)
     torch.manual_seed(0)
     reference = build_model(cfg["reference"], vocabs)
@@ -278,16 +283,13 @@ def test_afn_on_torchrec_adam_trains_like_the_reference_backend_without_l2():
     without L2 the engine ends where the reference backend ends. With emb_reg > 0 the two part by
     about 0.2 in the logits after 16 steps, and so does the reference backend from a 1e-7 relative
     nudge of one weight (docs/embedding.md "Sparse Adam"): the dynamics, not the optimizer."""
-    from tf4ctr_fast.config import load_config
     from tf4ctr_fast.models import build_model
     from tf4ctr_fast.models.state_dicts import copy_weights
 
     vocabs = [40, 300, 6]
-    keys = ["model.name=AFN", "model.emb_reg=0", "model.embedding_dim=8", "model.net_dropout=0",
-            "model.batch_norm=false", "model.params.logarithmic_neurons=16", "model.params.afn_hidden_units=[16]",
-            "model.params.dnn_hidden_units=[16]"]
-    cfg = {backend: load_config(None, keys + [f"model.backend={backend}"]).model
-           for backend in ("reference", "torchrec")}
+    cfg = _backend_configs(["model.name=AFN", "model.emb_reg=0", "model.embedding_dim=8", "model.net_dropout=0",
+                            "model.batch_norm=false", "model.params.logarithmic_neurons=16",
+                            "model.params.afn_hidden_units=[16]", "model.params.dnn_hidden_units=[16]"])
     batches = _batches(vocabs, 16)
     torch.manual_seed(0)
     reference = build_model(cfg["reference"], vocabs)

@@ -215,15 +215,19 @@ def build_engine_adam(reference: nn.Module, vocab_sizes: Sequence[int], device: 
     return engine
 
 
-def assert_adam_step_parity(reference: nn.Module, engine: nn.Module, ids: Tensor, y: Tensor) -> None:
-    """One trainer step of each from the same weights (training_step: the reference's whole-table L2 and
-    dense Adam over the tables; the engine's batch L2 and sparse Adam), then every table row compared
-    after the engine caught them up (eval mode): what sparse optimizer "adam" promises. Without the
-    gradient clipping: the reference's clips the table gradients too (a global norm over every
-    parameter), the engine's cannot (docs/embedding.md), and at this batch's norm that rescales the
-    reference's tiny table gradients, which Adam's eps makes visible. Mutates both."""
-    training_step(reference, clip=False)(ids, y)
-    training_step(engine, clip=False)(ids, y)
+def assert_adam_step_parity(reference: nn.Module, engine: nn.Module, batches: Sequence[tuple[Tensor, Tensor]]) -> None:
+    """One trainer step of each per batch from the same weights (training_step: the reference's
+    whole-table L2 and dense Adam over the tables; the engine's batch L2 and sparse Adam, the rows a
+    batch reads replaying the steps they missed), then every table row compared after the engine
+    caught them up (eval mode): what sparse optimizer "adam" promises. Without the gradient clipping:
+    the reference's clips the table gradients too (a global norm over every parameter), the bench's
+    engine step does not (the trainer's clip_and_step does, tests/test_sparse_adam.py), and at this
+    batch's norm that rescales the reference's tiny table gradients, which Adam's eps makes visible.
+    Mutates both."""
+    reference_step, engine_step = training_step(reference, clip=False), training_step(engine, clip=False)
+    for ids, y in batches:
+        reference_step(ids, y)
+        engine_step(ids, y)
     reference.eval(), engine.eval()
     want = reference_to_engine_state_dict(reference.state_dict(), field_names())
     for name, got in engine.state_dict().items():
@@ -331,25 +335,32 @@ _reference: dict[tuple[str, str], tuple[float, float]] = {}   # (bench, case) ->
 
 
 def record(benchmark, env: Env, *, bench: str, case: str, path: str, batch: int,
-           flops: Optional[float] = None, bytes_moved: Optional[float] = None, **extra) -> None:
+           flops: Optional[float] = None, bytes_moved: Optional[float] = None, steps_per_call: int = 1,
+           **extra) -> None:
     """Call after benchmark.pedantic: the ratio to this session's reference of the same case (the
     reference path must run first, as the tests' parametrization orders it), throughput, and the
-    achieved FLOP/s and bytes/s against the session's measured ceilings."""
+    achieved FLOP/s and bytes/s against the session's measured ceilings. steps_per_call: how many of
+    the case's steps (batches) one timed call holds; the ratio, throughput, FLOP/s and bytes/s are
+    per step (the reference's calls hold one)."""
     info = benchmark.extra_info
     info.update(bench=bench, case=case, path=path, batch=batch, device=env.description, **extra)
+    if steps_per_call != 1:
+        info["steps_per_call"] = steps_per_call
     if benchmark.stats is None:  # --benchmark-disable: ran once, nothing timed
         return
     stats = benchmark.stats.stats
-    info["samples_per_s"] = batch / stats.median
+    median, fastest = stats.median / steps_per_call, stats.min / steps_per_call
+    info["samples_per_s"] = batch / median
     if path == "reference":
-        _reference[(bench, case)] = (stats.median, stats.min)
+        assert steps_per_call == 1, "a reference call is one step: the ratios divide by its time"
+        _reference[(bench, case)] = (median, fastest)
     elif (bench, case) in _reference:
         ref_median, ref_min = _reference[(bench, case)]
-        info.update(reference_median_s=ref_median, speedup_vs_reference=ref_median / stats.median,
-                    speedup_vs_reference_min=ref_min / stats.min)
+        info.update(reference_median_s=ref_median, speedup_vs_reference=ref_median / median,
+                    speedup_vs_reference_min=ref_min / fastest)
     if flops is not None:
-        info.update(flops=flops, achieved_flops_per_s=flops / stats.median,
-                    flops_vs_matmul=flops / stats.median / env.matmul_flops_per_s)
+        info.update(flops=flops, achieved_flops_per_s=flops / median,
+                    flops_vs_matmul=flops / median / env.matmul_flops_per_s)
     if bytes_moved is not None:
-        info.update(bytes=bytes_moved, achieved_bytes_per_s=bytes_moved / stats.median,
-                    bytes_vs_copy=bytes_moved / stats.median / env.copy_bytes_per_s)
+        info.update(bytes=bytes_moved, achieved_bytes_per_s=bytes_moved / median,
+                    bytes_vs_copy=bytes_moved / median / env.copy_bytes_per_s)

@@ -68,68 +68,94 @@ struct Owed {
   float* w;
   float* m;
   float* v;
-  int64_t n, from, to;
+  int64_t from, to;
 };
 
-constexpr int kGroup = 4;
+// StepScalars of steps 1..until, beta^step by std::pow as in adam_step. Replays read them from here:
+// computing them per row and step (a double division and square root each) cost as much as the
+// row's own arithmetic. Kept between calls (a training run's steps only grow) and rebuilt when the
+// hyper-parameters change; built by the calling thread before any parallel section reads it.
+const StepScalars* step_table(const AdamScalars& s, int64_t until) {
+  thread_local std::vector<StepScalars> table;
+  thread_local double lr = -1.0, beta1 = -1.0, beta2 = -1.0;
+  if (lr != s.lr || beta1 != s.dbeta1 || beta2 != s.dbeta2) {
+    table.assign(1, StepScalars{0.0f, 0.0f});   // step 0 is never taken
+    lr = s.lr, beta1 = s.dbeta1, beta2 = s.dbeta2;
+  }
+  for (int64_t t = static_cast<int64_t>(table.size()); t <= until; ++t)
+    table.push_back(step_scalars(s, std::pow(s.dbeta1, static_cast<double>(t)), std::pow(s.dbeta2, static_cast<double>(t))));
+  return table.data();
+}
 
-// Replays up to kGroup rows' owed steps side by side. One row's steps form a long latency chain (a
-// sqrt and two divisions per step), different rows are independent: stepping the rows in turn gives
-// the core several chains to overlap. beta^step is carried as running products (they differ from pow
-// by about step * 1e-16 relative, far below the float rounding of the scalars).
+constexpr int kGroup = 8;
+
+// Replays up to kGroup rows of `dim` coordinates side by side. One row's steps form a long latency
+// chain (a square root and two divisions per step); different rows are independent, so stepping the
+// rows in turn gives the core several chains to overlap. DIM > 0 fixes the row width at compile time
+// (the inner loop becomes whole vectors), DIM = 0 reads it from `dim`.
+template <int DIM>
 TF4CTR_CLONES
-void replay_group(const Owed* rows, int count, const AdamScalars& s) {
+void replay_group(const Owed* rows, int count, int64_t dim, const StepScalars* steps, const AdamScalars& s) {
+  const int64_t n = DIM > 0 ? DIM : dim;
   const float one_minus_beta1 = static_cast<float>(1.0 - s.dbeta1);
   const float one_minus_beta2 = static_cast<float>(1.0 - s.dbeta2);
   const float beta2 = s.beta2, eps = s.eps, decay = s.decay;
-  double beta1_pow[kGroup], beta2_pow[kGroup];
   int64_t next[kGroup];
-  for (int i = 0; i < count; ++i) {
-    next[i] = rows[i].from;
-    beta1_pow[i] = std::pow(s.dbeta1, static_cast<double>(rows[i].from));
-    beta2_pow[i] = std::pow(s.dbeta2, static_cast<double>(rows[i].from));
-  }
+  for (int i = 0; i < count; ++i) next[i] = rows[i].from;
   for (bool active = true; active;) {
     active = false;
     for (int i = 0; i < count; ++i) {
       if (next[i] > rows[i].to) continue;
       active = true;
-      const StepScalars k = step_scalars(s, beta1_pow[i], beta2_pow[i]);
+      const StepScalars k = steps[next[i]];
       const float scale = s.scale(next[i]);
       float* __restrict w = rows[i].w;
       float* __restrict m = rows[i].m;
       float* __restrict v = rows[i].v;
-      for (int64_t d = 0; d < rows[i].n; ++d) adam_coordinate(w[d], m[d], v[d], decay * w[d] * scale, k, one_minus_beta1,
-                                                              beta2, one_minus_beta2, eps);
-      beta1_pow[i] *= s.dbeta1;
-      beta2_pow[i] *= s.dbeta2;
+      for (int64_t d = 0; d < n; ++d) adam_coordinate(w[d], m[d], v[d], decay * w[d] * scale, k, one_minus_beta1,
+                                                      beta2, one_minus_beta2, eps);
       ++next[i];
     }
   }
 }
 
-// Collects rows that owe steps and replays them kGroup at a time.
+// Collects rows that owe steps and replays them kGroup at a time (a group holds rows of one width).
 class Replayer {
  public:
-  explicit Replayer(const AdamScalars& s) : s_(s) {}
+  // steps: step_table(s, until) for the largest `until` this replayer will be given.
+  Replayer(const AdamScalars& s, const StepScalars* steps) : s_(s), steps_(steps) {}
   ~Replayer() { flush(); }
   // Row at w/m/v (n coordinates) brought from row_step to `until`; row_step is set now.
   void owe(float* w, float* m, float* v, int64_t n, int64_t& row_step, int64_t until) {
     if (row_step < until) {
-      rows_[count_++] = {w, m, v, n, row_step + 1, until};
+      if (n != dim_) flush();
+      dim_ = n;
+      for (float* p : {w, m, v}) {   // the group's rows arrive from memory while the previous group runs
+        __builtin_prefetch(p);
+        __builtin_prefetch(p + n - 1);
+      }
+      rows_[count_++] = {w, m, v, row_step + 1, until};
       if (count_ == kGroup) flush();
     }
     row_step = until;
   }
   void flush() {
-    if (count_ > 0) replay_group(rows_, count_, s_);
+    if (count_ == 0) return;
+    switch (dim_) {
+      case 8: replay_group<8>(rows_, count_, dim_, steps_, s_); break;
+      case 16: replay_group<16>(rows_, count_, dim_, steps_, s_); break;
+      case 32: replay_group<32>(rows_, count_, dim_, steps_, s_); break;
+      default: replay_group<0>(rows_, count_, dim_, steps_, s_);
+    }
     count_ = 0;
   }
 
  private:
   const AdamScalars& s_;
+  const StepScalars* steps_;
   Owed rows_[kGroup];
   int count_ = 0;
+  int64_t dim_ = -1;
 };
 
 struct Tables {
@@ -239,9 +265,10 @@ void step_rows(float* w, float* m, float* v, int64_t* row_step, const Tables& ta
                const index_t* offsets, int64_t batch, const float* grad_out, int64_t total_d, int64_t step,
                bool replay, const AdamScalars& s) {
   const RowGrads g = accumulate_rows(tables, indices, offsets, batch, grad_out, total_d);
+  const StepScalars* steps = replay ? step_table(s, step - 1) : nullptr;
   at::parallel_for(0, static_cast<int64_t>(g.rows.size()), 64, [&](int64_t begin, int64_t end) {
     {
-      Replayer owed(s);   // the steps a row still owes come first (none after the lookup's catch-up)
+      Replayer owed(s, steps);   // the steps a row still owes come first (none after the lookup's catch-up)
       for (int64_t u = begin; u < end; ++u) {
         const int64_t t = g.row_table[u], pos = row_position(tables, t, g.rows[u]);
         int64_t& last = row_step[g.rows[u]];
@@ -271,8 +298,9 @@ void catch_up_rows(float* w, float* m, float* v, int64_t* row_step, const Tables
     }
   });
   for (int64_t r : rows) slot[r] = -1;
+  const StepScalars* steps = step_table(s, until);
   at::parallel_for(0, static_cast<int64_t>(rows.size()), 64, [&](int64_t begin, int64_t end) {
-    Replayer owed(s);
+    Replayer owed(s, steps);
     for (int64_t u = begin; u < end; ++u) {
       const int64_t t = row_table[u], pos = row_position(tables, t, rows[u]);
       owed.owe(w + pos, m + pos, v + pos, tables.d_offsets[t + 1] - tables.d_offsets[t], row_step[rows[u]], until);
@@ -346,10 +374,11 @@ void sparse_adam_catch_up(at::Tensor weights, at::Tensor exp_avg, at::Tensor exp
     });
     return;
   }
+  const StepScalars* steps = step_table(s, step);
   for (int64_t t = 0; t < num_tables; ++t) {
     const int64_t dim = tables.d_offsets[t + 1] - tables.d_offsets[t];
     at::parallel_for(tables.hash_size_cumsum[t], tables.hash_size_cumsum[t + 1], 256, [&](int64_t begin, int64_t end) {
-      Replayer owed(s);
+      Replayer owed(s, steps);
       for (int64_t r = begin; r < end; ++r) {
         const int64_t pos = row_position(tables, t, r);
         owed.owe(w + pos, m + pos, v + pos, dim, rs[r], step);

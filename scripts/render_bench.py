@@ -59,8 +59,13 @@ def _rate(info: dict, key: str, fraction_key: str, unit: str) -> str:
     return f"{_si(info[key], unit)} ({info[fraction_key]:.1%})"
 
 
+def _per_step(b: Bench, stat: str) -> float:
+    """A timing statistic per step: a harness path whose call holds several steps says how many."""
+    return b["stats"][stat] / b["extra_info"].get("steps_per_call", 1)
+
+
 def _row(b: Bench) -> list[str]:
-    info, median = b["extra_info"], b["stats"]["median"]
+    info, median = b["extra_info"], _per_step(b, "median")
     if "bench" not in info:  # a benchmark outside the harness (e.g. test_bench_prepare.py)
         return ["other", b["name"], "", _seconds(median), "", "", "", "", ""]
     if info["path"] == "reference":
@@ -167,14 +172,14 @@ def plot_vocab(data: dict, path: Path) -> bool:
         for path_name, runs in series.items():
             runs = sorted(runs, key=lambda b: b["extra_info"]["vocab_total"])
             vocab = [b["extra_info"]["vocab_total"] for b in runs]
-            median = [b["stats"]["median"] for b in runs]
-            ax.errorbar(vocab, median, yerr=[[m - b["stats"]["min"] for m, b in zip(median, runs)],
-                                             [b["stats"]["max"] - m for m, b in zip(median, runs)]],
+            median = [_per_step(b, "median") for b in runs]
+            ax.errorbar(vocab, median, yerr=[[m - _per_step(b, "min") for m, b in zip(median, runs)],
+                                             [_per_step(b, "max") - m for m, b in zip(median, runs)]],
                         fmt="o-" if path_name == "reference" else "s-", capsize=3, label=path_name)
             for b in runs:
                 if "speedup_vs_reference" in b["extra_info"]:  # above the higher of the two points
                     info = b["extra_info"]
-                    top = max(b["stats"]["median"], info["reference_median_s"])
+                    top = max(_per_step(b, "median"), info["reference_median_s"])
                     ax.annotate(f"{info['speedup_vs_reference']:.1f}x", (info["vocab_total"], top),
                                 textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)
         first = next(iter(series.values()))[0]["extra_info"]

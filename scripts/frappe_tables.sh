@@ -5,7 +5,10 @@
 #   afn           issue "A model library": AFN+ at seed 2023 (done: docs/runs/frappe/zoo/AFN; skipped)
 #   table8*       issue "TF4CTR as a plug-in", paper Table VIII: TF4CTR-DeepFM / -xDeepFM / -WideDeep
 #                 (their bases: docs/runs/frappe/zoo/{DeepFM,xDeepFM,WideDeep}, same seeds)
-#   table5_*      Table V: DualMLP, DeepFM, DCNv2 with bce / focal / rce, and each "with the TF loss":
+#   table5_*      Table V: DualMLP, DeepFM, DCNv2 with bce / focal / rce (DeepFM's and DCNv2's bce: the
+#                 zoo's runs, same settings and seeds, docs/runs/frappe/zoo/{DeepFM,DCNv2}; DualMLP's zoo
+#                 runs predate the model library, so it runs bce again),
+#                 and each "with the TF loss":
 #                 TF4CTR around the same body on the shared embedding with the base's own fusion
 #                 (DualMLP: MLPs, sum; DeepFM: TF4CTR-DeepFM, sum; DCNv2: CrossNetV2 + MLP, CF)
 #   table6        Table VI: TF4CTR with every SSEM x DFM, seed 2023
@@ -37,9 +40,9 @@ spec() {
     table8_widedeep)   echo "table8_widedeep|2023-2025|--grid model.name=TF4CTR-WideDeep|model.ssem=share" ;;
     table5_DualMLP)    echo "table5/DualMLP|2023-2025|--grid model.loss=bce,focal,rce|model.name=DualMLP" ;;
     table5_DualMLP_tf) echo "table5/DualMLP_tf|2023-2025|--grid model.loss=twin_focus|model.name=TF4CTR model.ssem=share model.dfm=sum" ;;
-    table5_DeepFM)     echo "table5/DeepFM|2023-2025|--grid model.loss=bce,focal,rce|model.name=DeepFM model.params.hidden_units=$H3" ;;
+    table5_DeepFM)     echo "table5/DeepFM|2023-2025|--grid model.loss=focal,rce|model.name=DeepFM model.params.hidden_units=$H3" ;;
     table5_DeepFM_tf)  echo "table5/DeepFM_tf|2023-2025|--grid model.loss=twin_focus|model.name=TF4CTR-DeepFM model.ssem=share model.dfm=sum" ;;
-    table5_DCNv2)      echo "table5/DCNv2|2023-2025|--grid model.loss=bce,focal,rce|model.name=DCNv2 model.params.parallel_dnn_hidden_units=$H3 model.params.stacked_dnn_hidden_units=$H3" ;;
+    table5_DCNv2)      echo "table5/DCNv2|2023-2025|--grid model.loss=focal,rce|model.name=DCNv2 model.params.parallel_dnn_hidden_units=$H3 model.params.stacked_dnn_hidden_units=$H3" ;;
     table5_DCNv2_tf)   echo "table5/DCNv2_tf|2023-2025|--grid model.loss=twin_focus|model.name=TF4CTR model.params.simple_encoder={\"name\":\"CrossNetV2\"} model.ssem=share model.dfm=CF" ;;
     table6)            echo "table6|2023|--grid model.ssem=SER,GM,MoE,share --grid model.dfm=WSF,VF,CF,MoEF,sum|model.name=TF4CTR" ;;
     dlf)               echo "dlf|2023-2025|--grid model.params.attention=none,cross,self|model.name=DLF" ;;

@@ -57,13 +57,17 @@ def main() -> None:
     text = table_markdown()
     print(text)
     if "--write" in sys.argv[1:]:
-        doc = ROOT / "docs" / "results.md"
-        body = doc.read_text()
-        head, _, rest = body.partition(BEGIN)
-        if END not in rest:
-            sys.exit(f"{doc}: no {BEGIN} ... {END} block to replace")
-        with atomic_file(doc) as tmp:
-            tmp.write_text(f"{head}{BEGIN}\n{text}\n{END}{rest.partition(END)[2]}")
+        write_block(ROOT / "docs" / "results.md", BEGIN, END, text)
+
+
+def write_block(doc: Path, begin: str, end: str, text: str) -> None:
+    """Replaces what lies between the marker lines begin and end in doc (atomically)."""
+    body = doc.read_text()
+    head, _, rest = body.partition(begin)
+    if end not in rest:
+        sys.exit(f"{doc}: no {begin} ... {end} block to replace")
+    with atomic_file(doc) as tmp:
+        tmp.write_text(f"{head}{begin}\n{text}\n{end}{rest.partition(end)[2]}")
 
 
 def table_markdown() -> str:

@@ -57,12 +57,12 @@ void check_vector(const at::Tensor& t, int64_t n, const char* name) {
               "exp_batch_norm: ", name, " must be a contiguous float32 CPU vector of ", n, " channels");
 }
 
-// Returns (y [B, N, d], e = exp(z) [B, d, N], mean [N], invstd [N]); in training mean/invstd are the
-// batch's (and the running statistics are updated in place as nn.BatchNorm1d does), in eval the
-// running statistics'.
+// Training only (eval runs torch's ops, tf4ctr_fast/ops/exp_batch_norm.py). Returns (y [B, N, d],
+// e = exp(z) [B, d, N], mean [N], invstd [N]): the batch's statistics; the running statistics are
+// updated in place as nn.BatchNorm1d does.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> exp_batch_norm_forward(
     const at::Tensor& z_in, const at::Tensor& weight, const at::Tensor& bias, at::Tensor running_mean,
-    at::Tensor running_var, bool training, double momentum, double eps) {
+    at::Tensor running_var, double momentum, double eps) {
   TORCH_CHECK(z_in.device().is_cpu() && z_in.scalar_type() == at::kFloat && z_in.dim() == 3,
               "exp_batch_norm: z must be a float32 CPU tensor [B, d, N], got ", z_in.sizes());
   const at::Tensor z = z_in.contiguous();
@@ -70,41 +70,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> exp_batch_norm_forwar
   for (const auto& [t, name] : {std::pair{&weight, "weight"}, {&bias, "bias"}, {&running_mean, "running_mean"},
                                 {&running_var, "running_var"}})
     check_vector(*t, N, name);
-  TORCH_CHECK(!training || M > 1, "exp_batch_norm: training needs more than one value per channel, got ", M);
+  TORCH_CHECK(M > 1, "exp_batch_norm: training needs more than one value per channel, got ", M);
   at::Tensor e = at::exp(z), y = at::empty({B, N, D}, z.options());   // ATen's vectorized exp
   at::Tensor mean = at::empty({N}, z.options()), invstd = at::empty({N}, z.options());
   const float* ep = e.data_ptr<float>();
   float* mp = mean.data_ptr<float>();
   float* ip = invstd.data_ptr<float>();
-  if (training) {
-    ThreadSums sums(1, N);
-    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-      double* s = sums.of(0);
-      for (int64_t b = b0; b < b1; ++b) channel_sums(ep + b * D * N, s, D, N);
-    });
-    const std::vector<double> total = sums.total(0);
-    for (int64_t c = 0; c < N; ++c) mp[c] = static_cast<float>(total[c] / M);
-    ThreadSums squares(1, N);
-    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-      double* s = squares.of(0);
-      for (int64_t b = b0; b < b1; ++b) centred_squares(ep + b * D * N, mp, s, D, N);
-    });
-    const std::vector<double> sq = squares.total(0);
-    float* rm = running_mean.data_ptr<float>();
-    float* rv = running_var.data_ptr<float>();
-    for (int64_t c = 0; c < N; ++c) {
-      const double var = sq[c] / M;
-      ip[c] = static_cast<float>(1.0 / std::sqrt(var + eps));
-      rm[c] = static_cast<float>((1.0 - momentum) * rm[c] + momentum * mp[c]);
-      rv[c] = static_cast<float>((1.0 - momentum) * rv[c] + momentum * var * M / (M - 1));
-    }
-  } else {
-    const float* rm = running_mean.data_ptr<float>();
-    const float* rv = running_var.data_ptr<float>();
-    for (int64_t c = 0; c < N; ++c) {
-      mp[c] = rm[c];
-      ip[c] = static_cast<float>(1.0 / std::sqrt(static_cast<double>(rv[c]) + eps));
-    }
+  ThreadSums sums(1, N);
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    double* s = sums.of(0);
+    for (int64_t b = b0; b < b1; ++b) channel_sums(ep + b * D * N, s, D, N);
+  });
+  const std::vector<double> total = sums.total(0);
+  for (int64_t c = 0; c < N; ++c) mp[c] = static_cast<float>(total[c] / M);
+  ThreadSums squares(1, N);
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    double* s = squares.of(0);
+    for (int64_t b = b0; b < b1; ++b) centred_squares(ep + b * D * N, mp, s, D, N);
+  });
+  const std::vector<double> sq = squares.total(0);
+  float* rm = running_mean.data_ptr<float>();
+  float* rv = running_var.data_ptr<float>();
+  for (int64_t c = 0; c < N; ++c) {
+    const double var = sq[c] / M;
+    ip[c] = static_cast<float>(1.0 / std::sqrt(var + eps));
+    rm[c] = static_cast<float>((1.0 - momentum) * rm[c] + momentum * mp[c]);
+    rv[c] = static_cast<float>((1.0 - momentum) * rv[c] + momentum * var * M / (M - 1));
   }
   // y = e * alpha + beta per channel (torch's form), written transposed: y[b, c, k] from e[b, k, c]
   std::vector<float> alpha(N), beta(N);
@@ -130,7 +121,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> exp_batch_norm_forwar
 std::tuple<at::Tensor, at::Tensor, at::Tensor> exp_batch_norm_backward(const at::Tensor& dy_in, const at::Tensor& e,
                                                                          const at::Tensor& mean,
                                                                          const at::Tensor& invstd,
-                                                                         const at::Tensor& weight, bool training) {
+                                                                         const at::Tensor& weight) {
   TORCH_CHECK(e.is_contiguous() && e.dim() == 3, "exp_batch_norm_backward: e must be the forward's [B, d, N]");
   const int64_t B = e.size(0), D = e.size(1), N = e.size(2), M = B * D;
   TORCH_CHECK(dy_in.sizes() == at::IntArrayRef({B, N, D}) && dy_in.scalar_type() == at::kFloat,
@@ -167,8 +158,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> exp_batch_norm_backward(const at:
     grad_bias.data_ptr<float>()[c] = static_cast<float>(sum_dy[c]);
     const float k = w[c] * ip[c];
     scale[c] = k;
-    shift[c] = training ? static_cast<float>(k * sum_dy[c] / M) : 0.0f;
-    slope[c] = training ? static_cast<float>(k * sum_dyx[c] / M) : 0.0f;
+    shift[c] = static_cast<float>(k * sum_dy[c] / M);
+    slope[c] = static_cast<float>(k * sum_dyx[c] / M);
   }
   at::Tensor dz = at::empty_like(e);
   float* dzp = dz.data_ptr<float>();
@@ -192,9 +183,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> exp_batch_norm_backward(const at:
 
 TORCH_LIBRARY_FRAGMENT(tf4ctr_fast, m) {
   m.def("exp_batch_norm_forward(Tensor z, Tensor weight, Tensor bias, Tensor(a!) running_mean, "
-        "Tensor(b!) running_var, bool training, float momentum, float eps) -> (Tensor, Tensor, Tensor, Tensor)");
-  m.def("exp_batch_norm_backward(Tensor grad, Tensor e, Tensor mean, Tensor invstd, Tensor weight, "
-        "bool training) -> (Tensor, Tensor, Tensor)");
+        "Tensor(b!) running_var, float momentum, float eps) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("exp_batch_norm_backward(Tensor grad, Tensor e, Tensor mean, Tensor invstd, Tensor weight) "
+        "-> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(tf4ctr_fast, CPU, m) {

@@ -71,10 +71,10 @@ def test_kernel_variance_survives_a_large_mean():
 def test_kernel_refuses_bad_shapes():
     with pytest.raises(RuntimeError, match="z must be a float32 CPU tensor"):
         torch.ops.tf4ctr_fast.exp_batch_norm_forward(torch.zeros(2, 3), torch.ones(3), torch.zeros(3),
-                                                     torch.zeros(3), torch.ones(3), True, 0.1, 1e-5)
+                                                     torch.zeros(3), torch.ones(3), 0.1, 1e-5)
     with pytest.raises(RuntimeError, match="weight must be a contiguous float32 CPU vector of 4"):
         torch.ops.tf4ctr_fast.exp_batch_norm_forward(torch.zeros(2, 3, 4), torch.ones(3), torch.zeros(4),
-                                                     torch.zeros(4), torch.ones(4), True, 0.1, 1e-5)
+                                                     torch.zeros(4), torch.ones(4), 0.1, 1e-5)
 
 
 def test_eval_and_double_inputs_run_the_twin():

@@ -18,7 +18,7 @@ class _ExpBatchNorm(torch.autograd.Function):
     def forward(ctx, z: Tensor, weight: Tensor, bias: Tensor, running_mean: Tensor, running_var: Tensor,
                 momentum: float, eps: float) -> Tensor:
         y, e, mean, invstd = torch.ops.tf4ctr_fast.exp_batch_norm_forward(
-            z, weight, bias, running_mean, running_var, True, momentum, eps)
+            z, weight, bias, running_mean, running_var, momentum, eps)
         ctx.save_for_backward(e, mean, invstd, weight)
         return y
 
@@ -26,7 +26,7 @@ class _ExpBatchNorm(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         e, mean, invstd, weight = ctx.saved_tensors
         dz, d_weight, d_bias = torch.ops.tf4ctr_fast.exp_batch_norm_backward(
-            grad.contiguous(), e, mean, invstd, weight, True)
+            grad.contiguous(), e, mean, invstd, weight)
         return dz, d_weight, d_bias, None, None, None, None
 
 

@@ -56,10 +56,25 @@ def _git(*args: str) -> Optional[str]:
     return out.stdout.strip()
 
 
+# Where an untracked file changes what a run computes. Untracked files elsewhere (run folders under
+# docs/runs, data, notes) do not, and runs write into the tree, so they do not make a checkout dirty.
+CODE_PATHS = (":/tf4ctr_fast", ":/kernels", ":/configs", ":/CMakeLists.txt", ":/setup.py")
+
+
+def _uncommitted() -> Optional[str]:
+    """git status lines of the changes a commit id does not describe: tracked files changed anywhere,
+    untracked files under CODE_PATHS (ignored files, such as the built _C.so, are not listed)."""
+    tracked = _git("status", "--porcelain", "--untracked-files=no")
+    untracked = _git("status", "--porcelain", "--untracked-files=all", "--", *CODE_PATHS)
+    if tracked is None or untracked is None:
+        return None
+    return "\n".join(line for line in (tracked + "\n" + untracked).splitlines() if line)
+
+
 def environment(device: torch.device) -> dict[str, Any]:
     """Versions, platform, device and the git commit of the code (None outside a checkout)."""
     commit = _git("rev-parse", "HEAD")
-    dirty = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    dirty = _uncommitted() if commit else None
     env = {
         "python": sys.version.split()[0],
         "torch": torch.__version__,

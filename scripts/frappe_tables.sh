@@ -22,6 +22,8 @@
 # EXTRA: more key=value overrides for every run; ROOT: where the sweep folders go (default
 # docs/runs/frappe). A finished run (results.json) is skipped, so an item continues where it stopped.
 set -euo pipefail
+{ # the whole script is one block, read before it runs: editing the file during a long run cannot
+  # change what this run executes (bash reads a script as it goes)
 cd "$(dirname "$0")/.."
 JOBS=${JOBS:-1}
 THREADS=${THREADS:-1}
@@ -74,3 +76,5 @@ for item in "$@"; do
   $TF sweep --config configs/frappe.yaml --seeds "$seeds" $grid --jobs "$JOBS" --out "$ROOT/$out" \
     $ovr train.num_threads="$THREADS" train.progress=false $EXTRA
 done
+exit
+}

@@ -10,6 +10,8 @@
 # A run whose results.json exists is skipped, so the script continues where it was stopped.
 # DNN, DualMLP and TF4CTR at these settings are in docs/runs/frappe/sweep_decay1 and the older folders.
 set -euo pipefail
+{ # the whole script is one block, read before it runs: editing the file during a long run cannot
+  # change what this run executes (bash reads a script as it goes)
 lane="${1:-all}"
 H3='[400,400,400]'
 declare -A OVR=(
@@ -45,3 +47,5 @@ for item in "${plan[@]}"; do
   tf4ctr-fast sweep --config configs/frappe.yaml --seeds "$seeds" --grid "model.name=$model" \
     --jobs 1 --out "docs/runs/frappe/zoo/$model" ${OVR[$model]} train.num_threads=1
 done
+exit
+}

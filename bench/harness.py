@@ -215,19 +215,16 @@ def build_engine_adam(reference: nn.Module, vocab_sizes: Sequence[int], device: 
     return engine
 
 
-def assert_adam_step_parity(reference: nn.Module, engine: nn.Module, batches: Sequence[tuple[Tensor, Tensor]]) -> None:
-    """One trainer step of each per batch from the same weights (training_step: the reference's
-    whole-table L2 and dense Adam over the tables; the engine's batch L2 and sparse Adam, the rows a
-    batch reads replaying the steps they missed), then every table row compared after the engine
-    caught them up (eval mode): what sparse optimizer "adam" promises. Without the gradient clipping:
-    the reference's clips the table gradients too (a global norm over every parameter), the bench's
-    engine step does not (the trainer's clip_and_step does, tests/test_sparse_adam.py), and at this
-    batch's norm that rescales the reference's tiny table gradients, which Adam's eps makes visible.
-    Mutates both."""
-    reference_step, engine_step = training_step(reference, clip=False), training_step(engine, clip=False)
-    for ids, y in batches:
-        reference_step(ids, y)
-        engine_step(ids, y)
+def assert_adam_step_parity(reference: nn.Module, engine: nn.Module, ids: Tensor, y: Tensor) -> None:
+    """One trainer step of each from the same weights (training_step: the reference's whole-table L2 and
+    dense Adam over the tables; the engine's batch L2 and sparse Adam), then every table row compared
+    after the engine caught them up (eval mode): what sparse optimizer "adam" promises. Without the
+    gradient clipping: the reference's clips the table gradients too (a global norm over every
+    parameter), the bench's engine step does not (the trainer's clip_and_step does,
+    tests/test_sparse_adam.py), and at this batch's norm that rescales the reference's tiny table
+    gradients, which Adam's eps makes visible. Mutates both."""
+    training_step(reference, clip=False)(ids, y)
+    training_step(engine, clip=False)(ids, y)
     reference.eval(), engine.eval()
     want = reference_to_engine_state_dict(reference.state_dict(), field_names())
     for name, got in engine.state_dict().items():

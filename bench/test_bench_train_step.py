@@ -49,7 +49,7 @@ class StepCase:
             reference = self.models["reference"]
             batches = [criteo_batch(self.vocab_sizes, batch, device, seed=1 + k) for k in range(ADAM_EPOCH_STEPS)]
             assert_adam_step_parity(copy.deepcopy(reference), build_engine_adam(reference, self.vocab_sizes, device),
-                                    [(self.ids, self.y)])
+                                    self.ids, self.y)
             adam = build_engine_adam(reference, self.vocab_sizes, device)
             self.steps["engine_adam"] = training_step(adam)
             self.steps["adam_replay_all_rows"] = _replay_one_step(adam.sparse_optimizer())

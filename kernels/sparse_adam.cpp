@@ -50,15 +50,13 @@ inline void adam_coordinate(float& w, float& m, float& v, float g, StepScalars k
   w = w + (-k.step_size) * m / denom;                    // param.addcdiv_(m, denom, -step_size)
 }
 
-// One Adam step on n coordinates with the given gradient.
+// One Adam step on n coordinates with the given gradient; k and scale are the step's (the same for
+// every row of a call, so the caller computes them once).
 TF4CTR_CLONES
 void adam_step(float* __restrict w, float* __restrict m, float* __restrict v, const float* __restrict grad,
-               int64_t n, int64_t step, const AdamScalars& s) {
-  const StepScalars k = step_scalars(s, std::pow(s.dbeta1, static_cast<double>(step)),
-                                     std::pow(s.dbeta2, static_cast<double>(step)));
+               int64_t n, StepScalars k, float scale, const AdamScalars& s) {
   const float one_minus_beta1 = static_cast<float>(1.0 - s.dbeta1);   // torch: 1 - beta in double
   const float one_minus_beta2 = static_cast<float>(1.0 - s.dbeta2);
-  const float scale = s.scale(step);
   for (int64_t d = 0; d < n; ++d) adam_coordinate(w[d], m[d], v[d], grad[d] * scale, k, one_minus_beta1, s.beta2,
                                                   one_minus_beta2, s.eps);
 }
@@ -266,6 +264,9 @@ void step_rows(float* w, float* m, float* v, int64_t* row_step, const Tables& ta
                bool replay, const AdamScalars& s) {
   const RowGrads g = accumulate_rows(tables, indices, offsets, batch, grad_out, total_d);
   const StepScalars* steps = replay ? step_table(s, step - 1) : nullptr;
+  const StepScalars k = step_scalars(s, std::pow(s.dbeta1, static_cast<double>(step)),
+                                     std::pow(s.dbeta2, static_cast<double>(step)));
+  const float scale = s.scale(step);
   at::parallel_for(0, static_cast<int64_t>(g.rows.size()), 64, [&](int64_t begin, int64_t end) {
     {
       Replayer owed(s, steps);   // the steps a row still owes come first (none after the lookup's catch-up)
@@ -277,8 +278,8 @@ void step_rows(float* w, float* m, float* v, int64_t* row_step, const Tables& ta
     }
     for (int64_t u = begin; u < end; ++u) {
       const int64_t t = g.row_table[u], pos = row_position(tables, t, g.rows[u]);
-      adam_step(w + pos, m + pos, v + pos, g.buf.data() + g.row_buf[u], tables.d_offsets[t + 1] - tables.d_offsets[t],
-                step, s);
+      adam_step(w + pos, m + pos, v + pos, g.buf.data() + g.row_buf[u], tables.d_offsets[t + 1] - tables.d_offsets[t], k,
+                scale, s);
       row_step[g.rows[u]] = step;
     }
   });

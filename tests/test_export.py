@@ -124,7 +124,10 @@ def aoti_equals_eager(name: str, tmp_path: Path, tuned: bool = False) -> None:
     x, _ = batch(5, with_bags=True, n=20)
     want = eager_probabilities(model, x)
     for n in (20, 1):
-        torch.testing.assert_close(runner(*flat_inputs(first_rows(x, n))), want[:n], rtol=0, atol=TOL)
+        inputs = flat_inputs(first_rows(x, n))
+        torch.testing.assert_close(runner(*inputs), want[:n], rtol=0, atol=TOL)
+        # the runner called directly (docs/serving.md's low-latency call): the same program
+        torch.testing.assert_close(runner.loader.run(list(inputs))[0], want[:n], rtol=0, atol=TOL)
 
 
 @pytest.mark.parametrize("name, tuned", [("DeepFM", False), ("DCNv2", True)])

@@ -7,7 +7,8 @@ DIR/model.pt2        torch.export ExportedProgram: ids int64 [B, F] (single-valu
                      order), then per multi-valued field values int64 [nnz] and offsets int64 [B + 1]
                      -> click probabilities float32 [B]; the batch dimension is dynamic
 DIR/model_aoti.pt2   the same program compiled by AOTInductor for this machine's CPU (no CUDA package
-                     yet): Python `torch._inductor.aoti_load_package`, or C++
+                     yet): Python `torch._inductor.aoti_load_package(path).loader.run([ids, ...])`
+                     (its runner; calling the loaded object parses its specs on every call), or C++
 DIR/vocab_keys.npy   int64: every field's known keys, ascending, field after field (prepared order)
 DIR/vocab_offsets.npy int64 [fields + 1]: field j's keys are vocab_keys[offsets[j]:offsets[j + 1]];
                      the key of rank r has id r + 2 (0 padding, 1 OOV): np.searchsorted encodes

@@ -2,9 +2,9 @@
 // [B, d, N] (the projection's rows), y [B, N, d] (FuxiCTR's order, flattened by the next layer). torch
 // runs it as exp, a transposing copy, BatchNorm and, backward, BatchNorm's backward, the copy back and
 // exp's backward: about ten passes over a [B, N, d] tensor (0.8 GB at Frappe's batch of 10000). Here:
-// forward four (ATen's exp, the channel sums, the centred squares, the normalised transposing write),
-// backward two (the channel sums of dy and dy * xhat, then dz with exp's derivative folded in). The
-// statistics are accumulated in double, the variance over centred values (two passes).
+// forward three (ATen's exp, the channel statistics, the normalised transposing write), backward two
+// (the channel sums of dy and dy * xhat, then dz with exp's derivative folded in). The statistics are
+// accumulated in double over shifted values (batch_stats.h).
 //
 // The op-by-op twin is tf4ctr_fast/reference/exp_batch_norm.py (torch's exp and batch_norm).
 #include <ATen/ATen.h>
@@ -16,45 +16,12 @@
 #include <tuple>
 #include <vector>
 
-#include "target_clones.h"
+#include "batch_stats.h"
 
 namespace {
 
-// Per-thread rows of `n` doubles (the reductions run over b in parallel), summed at the end.
-struct ThreadSums {
-  ThreadSums(int64_t rows, int64_t n) : rows(rows), n(n), threads(at::get_num_threads()),
-                                        buf(static_cast<size_t>(threads * rows * n), 0.0) {}
-  double* of(int64_t row) { return buf.data() + (at::get_thread_num() * rows + row) * n; }
-  std::vector<double> total(int64_t row) const {
-    std::vector<double> out(static_cast<size_t>(n), 0.0);
-    for (int64_t t = 0; t < threads; ++t)
-      for (int64_t c = 0; c < n; ++c) out[c] += buf[(t * rows + row) * n + c];
-    return out;
-  }
-  int64_t rows, n, threads;
-  std::vector<double> buf;
-};
-
-TF4CTR_CLONES
-void channel_sums(const float* __restrict e, double* __restrict sum, int64_t rows, int64_t n) {
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < n; ++c) sum[c] += e[r * n + c];
-}
-
-TF4CTR_CLONES
-void centred_squares(const float* __restrict e, const float* __restrict mean, double* __restrict sq, int64_t rows,
-                     int64_t n) {
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < n; ++c) {
-      const double x = static_cast<double>(e[r * n + c]) - mean[c];
-      sq[c] += x * x;
-    }
-}
-
 void check_vector(const at::Tensor& t, int64_t n, const char* name) {
-  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.dim() == 1 && t.size(0) == n &&
-                  t.is_contiguous(),
-              "exp_batch_norm: ", name, " must be a contiguous float32 CPU vector of ", n, " channels");
+  check_channel_vector(t, n, "exp_batch_norm", name);
 }
 
 // Training only (eval runs torch's ops, tf4ctr_fast/ops/exp_batch_norm.py). Returns (y [B, N, d],
@@ -76,27 +43,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> exp_batch_norm_forwar
   const float* ep = e.data_ptr<float>();
   float* mp = mean.data_ptr<float>();
   float* ip = invstd.data_ptr<float>();
-  ThreadSums sums(1, N);
-  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-    double* s = sums.of(0);
-    for (int64_t b = b0; b < b1; ++b) channel_sums(ep + b * D * N, s, D, N);
-  });
-  const std::vector<double> total = sums.total(0);
-  for (int64_t c = 0; c < N; ++c) mp[c] = static_cast<float>(total[c] / M);
-  ThreadSums squares(1, N);
-  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-    double* s = squares.of(0);
-    for (int64_t b = b0; b < b1; ++b) centred_squares(ep + b * D * N, mp, s, D, N);
-  });
-  const std::vector<double> sq = squares.total(0);
-  float* rm = running_mean.data_ptr<float>();
-  float* rv = running_var.data_ptr<float>();
-  for (int64_t c = 0; c < N; ++c) {
-    const double var = sq[c] / M;
-    ip[c] = static_cast<float>(1.0 / std::sqrt(var + eps));
-    rm[c] = static_cast<float>((1.0 - momentum) * rm[c] + momentum * mp[c]);
-    rv[c] = static_cast<float>((1.0 - momentum) * rv[c] + momentum * var * M / (M - 1));
-  }
+  batch_statistics(ep, M, N, momentum, eps, mp, ip, running_mean.data_ptr<float>(), running_var.data_ptr<float>());
   // y = e * alpha + beta per channel (torch's form), written transposed: y[b, c, k] from e[b, k, c]
   std::vector<float> alpha(N), beta(N);
   const float* w = weight.data_ptr<float>();

@@ -1,4 +1,5 @@
-// The hidden layer of every MLP block in training: y = relu(BatchNorm(x)) over x [B, C] (a Linear's
+// An MLP hidden layer in training (not wired into the models yet: docs/benchmarks.md "BatchNorm + ReLU
+// fused"): y = relu(BatchNorm(x)) over x [B, C] (a Linear's
 // output; the C neurons are the channels). torch runs it as BatchNorm (statistics, normalise) and
 // relu forward, relu's and BatchNorm's backward after, and keeps both x and y for backward. Here:
 // forward two passes over [B, C] (the channel statistics, the normalised and rectified write),

@@ -1,15 +1,14 @@
 """ops.batch_norm_relu (kernels/batch_norm_relu.cpp in training on the CPU) against its op-by-op twin,
 torch's BatchNorm and relu (reference/batch_norm_relu.py): outputs, the input's and the affine
 parameters' gradients, running statistics and the batch count, over a grid of shapes; eval, a batch
-of one and the paths without the kernel are the twin itself; MLPBlock trains through it exactly as
-through its own nn.Sequential."""
+of one and the paths without the kernel are the twin itself. (Not wired into MLPBlock: docs/benchmarks.md
+"BatchNorm + ReLU fused".)"""
 import copy
 
 import pytest
 import torch
 from torch import nn
 
-from tf4ctr_fast.layers.mlp import MLPBlock
 from tf4ctr_fast.ops import HAS_KERNELS
 from tf4ctr_fast.ops.batch_norm_relu import batch_norm_relu
 from tf4ctr_fast.reference.batch_norm_relu import batch_norm_relu as twin
@@ -134,34 +133,3 @@ def test_eval_batch_of_one_and_double_inputs_run_the_twin():
     x64 = x.double()
     torch.testing.assert_close(batch_norm_relu(x64, bn64), twin(x64, copy.deepcopy(bn).double().train()),
                                rtol=0, atol=0)
-
-
-@pytest.mark.parametrize("dropout", [0.0, 0.2])
-def test_mlp_block_trains_as_its_sequential(dropout):
-    # MLPBlock.forward fuses each BatchNorm1d + ReLU pair; running its nn.Sequential layer by layer
-    # (torch's BatchNorm and ReLU) from the same weights and generator state must agree, in training
-    # and in eval, and the state dict must keep the Sequential's keys
-    torch.manual_seed(0)
-    block = MLPBlock(12, [16, 8], batch_norm=True, dropout=dropout, output_dim=1)
-    plain = copy.deepcopy(block)
-    assert list(block.state_dict()) == list(plain.layers.state_dict(prefix="layers."))
-    x = torch.randn(50, 12)
-    for _ in range(3):
-        torch.manual_seed(1)
-        out = block(x)
-        torch.manual_seed(1)
-        want = plain.layers(x)
-        torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
-        out.square().mean().backward()
-        want.square().mean().backward()
-        for (name, p), q in zip(block.named_parameters(), plain.parameters()):
-            torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
-            with torch.no_grad():
-                p -= 0.1 * p.grad
-                q -= 0.1 * q.grad
-            p.grad, q.grad = None, None
-    for a, b in zip(block.buffers(), plain.buffers()):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    plain.load_state_dict(block.state_dict())   # eval runs torch's ops: the same weights give the same output
-    block.eval(), plain.eval()
-    torch.testing.assert_close(block(x), plain.layers(x), rtol=0, atol=0)

@@ -5,7 +5,6 @@ from typing import Optional, Sequence
 
 from torch import Tensor, nn
 
-from ..ops.batch_norm_relu import batch_norm_relu
 from .dropout import Dropout
 from .init import xavier_linear
 
@@ -17,10 +16,6 @@ class MLPBlock(nn.Module):
     Without output_dim the last hidden layer is the block's output (`output_dim` attribute: its
     width), as in FuxiCTR's MLP_Block with output_dim=None. With no hidden units and no output_dim
     the block is the identity.
-
-    The layers are an nn.Sequential (its state-dict keys are the checkpoints'), but forward runs each
-    BatchNorm1d with the ReLU after it as one op, ops/batch_norm_relu.py (a fused kernel in CPU
-    training).
     """
 
     def __init__(self, input_dim: int, hidden_units: Sequence[int], batch_norm: bool, dropout: float,
@@ -43,13 +38,4 @@ class MLPBlock(nn.Module):
         self.output_dim = width
 
     def forward(self, x: Tensor) -> Tensor:
-        layers = list(self.layers)
-        i = 0
-        while i < len(layers):
-            if isinstance(layers[i], nn.BatchNorm1d) and i + 1 < len(layers) and isinstance(layers[i + 1], nn.ReLU):
-                x = batch_norm_relu(x, layers[i])
-                i += 2
-            else:
-                x = layers[i](x)
-                i += 1
-        return x
+        return self.layers(x)

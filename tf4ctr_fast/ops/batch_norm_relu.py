@@ -1,4 +1,5 @@
-"""BatchNorm then ReLU over x [B, C], the hidden layer of every MLP block (layers/mlp.py). Training on
+"""BatchNorm then ReLU over x [B, C], an MLP hidden layer (not wired into layers/mlp.py yet: a Frappe DNN
+trained slower with it, cause not found; docs/benchmarks.md "BatchNorm + ReLU fused"). Training on
 the CPU in float32 runs kernels/batch_norm_relu.cpp (ops `batch_norm_relu_forward` / `_backward`:
 two passes over [B, C] each way, statistics in double, and x is the only [B, C] tensor kept for
 backward where torch keeps x and y); everything else (eval, CUDA, bf16 under autocast, a batch

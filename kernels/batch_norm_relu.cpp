@@ -7,7 +7,8 @@
 // and only x is kept: the mask is recomputed from it. Statistics in double over shifted values
 // (batch_stats.h, shared with exp_batch_norm.cpp). Accuracy: at 1 thread and B 10000 torch's float32
 // BatchNorm backward ends up to 0.13 off a float64 computation on a test tensor, this kernel 3e-7
-// (bench/test_bench_batch_norm_relu.py).
+// (bench/test_bench_batch_norm_relu.py); but in a DNN training step its gradient was 3-4x farther from
+// float64 than torch's (suspect: the x * alpha + beta form below; docs/benchmarks.md).
 //
 // The op-by-op twin is tf4ctr_fast/reference/batch_norm_relu.py (torch's batch_norm and relu).
 #include <ATen/ATen.h>

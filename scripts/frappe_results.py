@@ -23,9 +23,11 @@ CLI = [sys.executable, "-m", "tf4ctr_fast.cli"]
 
 def run_command(model: str, seed: int, runs_dir: Path, extra: list[str]) -> list[str]:
     tag = "_".join([model, *(e.replace("=", "-").replace(".", "_") for e in extra)])
+    # model.backend=reference: the results table is the reference backend's unless --extra says otherwise
+    # (the default backend became "auto" after these runs)
     return [*CLI, "train", "--config", "configs/frappe.yaml", f"model.name={model}", f"train.seed={seed}",
             "train.num_threads=1", "train.progress=false", f"train.out_dir={runs_dir / f'{tag}_seed{seed}'}",
-            *extra]
+            "model.backend=reference", *extra]
 
 
 def run_one(cmd: list[str], collect_only: bool = False) -> dict | None:

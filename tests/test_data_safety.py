@@ -112,10 +112,11 @@ def test_run_folder_name_is_confined_to_runs(tmp_path, monkeypatch, capsys):
 
 def test_default_run_folder_differs_in_backend_and_head():
     folders = {load_config(None, overrides).resolved_out_dir()
-               for overrides in ([], ["model.backend=torchrec"], ["model.head=reference"], ["model.name=DNN"],
+               for overrides in ([], ["model.backend=reference"], ["model.head=reference"], ["model.name=DNN"],
                                  ["train.seed=1"])}
     assert len(folders) == 5
-    assert RunConfig().resolved_out_dir() == Path("runs/synthetic_criteo_TF4CTR_reference_fused_seed2023")
+    # backend "auto" is named as the run resolves it (TF4CTR on the CPU: torchrec), never "auto"
+    assert RunConfig().resolved_out_dir() == Path("runs/synthetic_criteo_TF4CTR_torchrec_fused_seed2023")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -158,7 +158,7 @@ def test_run_killed_in_epoch_two_resumes_bitwise(config, reference_runs, tmp_pat
 def test_sigterm_exits_143_with_a_resumable_checkpoint(config, reference_runs, tmp_path):
     out = tmp_path / "run"
     # no periodic checkpoints: the one there is after the signal is written for it
-    proc = start_train(config, out, "train.checkpoint_every_steps=0")
+    proc = start_train(config, out, "train.checkpoint_every_steps=0", "model.backend=reference")
     wait_for(lambda: epochs_logged(out) >= 1, proc, "epoch 1's end")
     time.sleep(0.6)         # into epoch 2's steps (an epoch takes over a second)
     assert not (out / "last.pt").exists()

@@ -117,6 +117,68 @@ def test_auto_sparse_optimizer_and_lr_resolve_per_device(tmp_path, device, nproc
     assert trainer.resolve_sparse_optimizer(cfg, torch.device(device)) is cfg
 
 
+@pytest.mark.parametrize("name, device, nproc, keys, want", [
+    ("TF4CTR", "cpu", 1, {}, "torchrec"),                     # at parity with sparse adam (docs/results.md)
+    ("DNN", "cpu", 1, {"sparse_optimizer": "adam"}, "torchrec"),
+    ("TF4CTR", "cpu", 1, {"sparse_optimizer": "rowwise_adagrad"}, "reference"),   # not at parity
+    ("TF4CTR", "cuda", 1, {}, "reference"),                   # no sparse adam there
+    ("AFN", "cpu", 1, {}, "reference"),                       # not shown at parity
+    ("xDeepFM", "cpu", 1, {}, "reference"),
+    ("DNN", "cpu", 1, {"init_order": "fuxictr"}, "reference"),   # checked on the reference only
+    ("AFN", "cpu", 2, {}, "torchrec"),                        # several processes: only torchrec runs
+    ("TF4CTR", "cuda", 2, {}, "torchrec"),
+], ids=str)
+def test_auto_backend_resolves_per_model_device_and_optimizer(tmp_path, name, device, nproc, keys, want):
+    cfg = make_cfg(tmp_path, **{"sparse_optimizer": "auto", "nproc": nproc, **keys})
+    cfg.model = ModelConfig(name=name)
+    assert cfg.model.backend == "auto"                        # the default
+    got = trainer.resolve_backend(cfg, torch.device(device))
+    assert got.model.backend == want and got.model.name == name
+    for concrete in ("reference", "torchrec"):                # a backend named is left alone
+        cfg.model = ModelConfig(name=name, backend=concrete)
+        assert trainer.resolve_backend(cfg, torch.device(device)) is cfg
+
+
+def test_auto_backend_without_torchrec_is_the_reference(monkeypatch):
+    import importlib.util
+
+    from tf4ctr_fast.layers import embedding
+
+    assert embedding.auto_backend("TF4CTR", "cpu", "auto") == "torchrec"
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torchrec" else find_spec(name, *a))
+    assert embedding.auto_backend("TF4CTR", "cpu", "auto") == "reference"
+
+
+def test_build_model_resolves_auto_against_its_sparse_optimizer():
+    from tf4ctr_fast.layers.embedding import DenseFieldTables
+    from tf4ctr_fast.models import build_model
+
+    cfg = ModelConfig(name="DNN", embedding_dim=8, dnn_hidden=[8])
+    assert isinstance(build_model(cfg, [5, 6]).embedding, DenseFieldTables)   # default rowwise_adagrad
+    engine = build_model(cfg, [5, 6], sparse_optimizer="adam", sparse_lr=1e-3)
+    assert type(engine.sparse_optimizer()).__name__ == "RowSparseAdam"
+    afn = build_model(ModelConfig(name="AFN", embedding_dim=8), [5, 6], sparse_optimizer="adam", sparse_lr=1e-3)
+    assert afn.sparse_optimizer() is None
+
+
+def test_default_backend_is_logged_checkpointed_and_named_resolved(tmp_path, built):
+    data, _ = planted_data(rows=(256, 100, 50))
+    cfg = make_cfg(tmp_path, epochs=1)
+    cfg.model = ModelConfig(embedding_dim=8, mlp_s_hidden=[16], mlp_c_hidden=[16, 16])    # TF4CTR, backend auto
+    train(cfg, data)
+    [params] = [r for r in read_log(tmp_path / "log.jsonl") if r["event"] == "params"]
+    assert params["config"]["model"]["backend"] == "torchrec"
+    assert params["config"]["train"]["sparse_optimizer"] == "adam"
+    [model] = built["models"]
+    assert type(model.sparse_optimizer()).__name__ == "RowSparseAdam"
+    _, saved, _ = load_checkpoint(tmp_path / "best.pt", "cpu")
+    assert saved.model.backend == "torchrec"
+    cfg.train.out_dir = ""                                    # the default run folder names the backend taken
+    name = trainer.resolve_backend(cfg, torch.device("cpu")).resolved_out_dir().name
+    assert "_torchrec_" in name and "auto" not in name
+
+
 def test_default_sparse_optimizer_is_logged_and_checkpointed_resolved(tmp_path, built):
     data, _ = planted_data(rows=(256, 100, 50))
     train(engine_cfg(tmp_path, epochs=1, sparse_optimizer="auto", sparse_lr=None), data)

@@ -102,6 +102,7 @@ def planted_data(seed=0, rows=(3000, 1000, 1000)):
 
 def make_cfg(out_dir, **train):
     cfg = RunConfig()
+    cfg.model.backend = "reference"          # the reference trainer's tests (test_train_engine.py: torchrec)
     cfg.train.batch_size = 256
     cfg.train.eval_batch_size = 300          # does not divide the split: partial last batch
     cfg.train.epochs = 6

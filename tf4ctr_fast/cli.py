@@ -34,7 +34,12 @@ Train with the FuxiCTR protocol (Adam, gradient clip 10, per-epoch validation, l
 early stop, best checkpoint reloaded), then report valid/test metrics into train.out_dir.
 
 How the embeddings are trained depends on model.backend:
-  reference (default)  every model; the embedding tables are trained by the same dense Adam as the
+  auto (default)       torchrec below, with sparse adam, for the models measured at parity with the
+                       reference on CPU in one process (TF4CTR, DNN and most of the zoo:
+                       docs/results.md "Sparse adam"; the run's log names the one it took), and for
+                       --nproc > 1; reference everywhere else (CUDA, AFN, xDeepFM, DLF, the plug-in
+                       presets, train.init_order fuxictr).
+  reference            every model; the embedding tables are trained by the same dense Adam as the
                        rest of the network, over whole tables, and the L2 regularizer (model.emb_reg)
                        covers the whole tables every batch: the paper's (FuxiCTR's) exact objective.
   torchrec             every model; the tables are updated inside backward by a fused sparse
@@ -110,7 +115,7 @@ def _parser() -> argparse.ArgumentParser:
                               "train.nproc=N; needs model.backend=torchrec; gloo on CPU, one GPU each on CUDA)")
     p_train.add_argument("--head", choices=["fused", "reference"],
                          help="twin head: one fused op (default) or the op-by-op reference (same as model.head=...)")
-    p_train.add_argument("--backend", choices=["reference", "torchrec"],
+    p_train.add_argument("--backend", choices=["auto", "reference", "torchrec"],
                          help="embedding tables (same as model.backend=...; see above)")
     p_train.add_argument("--resume", metavar="RUN_DIR",
                          help="continue the unfinished run in RUN_DIR from its last.pt (last.dcp: a multi-process "
@@ -189,7 +194,7 @@ def cmd_train(args) -> dict:
     from .data.columns import load_prepared
     from .data.prepare import ensure_prepared
     from .train.runfolder import check_run, resume_config
-    from .train.trainer import train
+    from .train.trainer import resolve_backend, resolve_device, train
 
     flags = {"train.nproc": args.nproc, "model.head": args.head, "model.backend": args.backend}
     flags = {key: value for key, value in flags.items() if value is not None}
@@ -200,6 +205,7 @@ def cmd_train(args) -> dict:
         cfg = resume_config(Path(args.resume), args.overrides)
     else:
         cfg = load_config(args.config, list(args.overrides) + [f"{key}={value}" for key, value in flags.items()])
+        cfg = resolve_backend(cfg, resolve_device(cfg.train.device))   # before the run folder's name
     out_dir = cfg.resolved_out_dir()
 
     def check_and_prepare() -> Path:

@@ -110,7 +110,11 @@ class ModelConfig:
     #   paper's protocol). "torchrec": every field table of the model in one TorchRec
     #   EmbeddingBagCollection updated inside backward by FBGEMM's fused sparse optimizer
     #   (train.sparse_optimizer), with the L2 over the rows each batch looks up (docs/embedding.md).
-    backend: str = "reference"     # "reference" | "torchrec"
+    # "auto": torchrec where it has measured at parity with the reference (sparse adam: CPU, one
+    #   process; the models of layers.embedding.ENGINE_AT_PARITY) or where only it runs (train.nproc > 1),
+    #   else reference; the trainer resolves it before the run starts (trainer.resolve_backend), so the
+    #   run's log and checkpoints name the backend that trained it.
+    backend: str = "auto"     # "auto" | "reference" | "torchrec"
     params: dict[str, Any] = field(default_factory=dict)
     # The CTR loss (tf4ctr_fast.losses: bce, focal, rce, twin_focus); None: the model's own default (bce,
     # twin_focus for TF4CTR and its plug-in presets). Its parameters: loss_params (focal: alpha, gamma;
@@ -209,8 +213,13 @@ class RunConfig:
         model.loss existed)."""
         if self.train.out_dir:
             return folder_path(self.train.out_dir, "train.out_dir")
+        backend = self.model.backend
+        if backend == "auto":      # the one the run takes, as train() resolves it
+            from .train.trainer import resolve_backend, resolve_device  # lazy: the trainer imports this module
+
+            backend = resolve_backend(self, resolve_device(self.train.device)).model.backend
         parts = {"dataset.name": self.dataset.name, "model.name": self.model.name,
-                 "model.backend": self.model.backend, "model.head": self.model.head}
+                 "model.backend": backend, "model.head": self.model.head}
         from .models import model_class  # lazy: the models import this module
 
         if self.model.loss and self.model.loss != model_class(self.model.name).default_loss:

@@ -19,7 +19,7 @@ import torch
 from ..config import LEGACY_MODEL_KEYS, ModelConfig, from_mapping
 from ..errors import InputError
 from ..features import BagField
-from ..layers.embedding import BACKENDS, InputFields, TableSettings
+from ..layers.embedding import BACKENDS, InputFields, TableSettings, auto_backend
 from ..losses import LOSSES, CTRLoss, build_loss, loss_rules_rows
 from .base import CTRModel, ModelParams, ModelParts
 
@@ -81,7 +81,7 @@ def _shared_rules(cfg: ModelConfig, require: Callable[[bool, str, str], None]) -
     require(0 <= cfg.net_dropout < 1, "net_dropout", "must be in [0, 1)")
     require(cfg.emb_reg >= 0, "emb_reg", "must be >= 0")
     require(cfg.head in HEAD_NAMES, "head", f"must be one of {', '.join(HEAD_NAMES)}")
-    require(cfg.backend in BACKENDS, "backend", f"must be one of {', '.join(BACKENDS)}")
+    require(cfg.backend in ("auto", *BACKENDS), "backend", f"must be one of auto, {', '.join(BACKENDS)}")
     require(cfg.loss is None or cfg.loss in LOSSES, "loss",
             f"must be one of {', '.join(LOSSES)}, or unset: the model's own (twin_focus for TF4CTR*, else bce)")
 
@@ -148,7 +148,9 @@ def build_model(cfg: ModelConfig, vocab_sizes: Sequence[int], bag_fields: Sequen
                 field_names: Optional[Sequence[str]] = None, sparse_optimizer: str = "rowwise_adagrad",
                 sparse_lr: float = 0.01, sparse_eps: float = 1e-8, device: Optional[torch.device] = None,
                 fused: bool = True) -> CTRModel:
-    """The model named by cfg.name over these fields, its tables on cfg.backend.
+    """The model named by cfg.name over these fields, its tables on cfg.backend ("auto":
+    layers.embedding.auto_backend for this device and sparse_optimizer: with the default
+    "rowwise_adagrad" that is the reference backend).
 
     vocab_sizes / field_names: the single-valued fields; bag_fields: the multi-valued ones (their
     tables follow). sparse_*: the fused optimizer of the torchrec backend (train.sparse_*). fused=False
@@ -156,6 +158,8 @@ def build_model(cfg: ModelConfig, vocab_sizes: Sequence[int], bag_fields: Sequen
     inference uses. The reference backend ignores both.
     """
     params = check_model_config(cfg)
+    if cfg.backend == "auto":
+        cfg = dataclasses.replace(cfg, backend=auto_backend(cfg.name, device, sparse_optimizer))
     settings = TableSettings(backend=cfg.backend, emb_reg=cfg.emb_reg, sparse_optimizer=sparse_optimizer,
                              sparse_lr=sparse_lr, sparse_eps=sparse_eps,
                              device=torch.device(device) if device is not None else None, fused=fused)

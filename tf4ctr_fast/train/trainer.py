@@ -61,6 +61,7 @@ from ..data.streaming import LOADERS, choose_loader
 from ..errors import InputError, RankLost
 from ..features import ModelInput, bag_fields_of
 from ..io_utils import atomic_file
+from ..layers.embedding import auto_backend
 from ..layers.init import FUXICTR_ORDER_CHECKED, INIT_ORDERS, draw_in_fuxictr_order_
 from ..signals import Deferral, Interrupted, deferred
 from ..torchrun import launched, rank0_first
@@ -224,6 +225,25 @@ def _check_config(cfg: RunConfig, data: Any, device: torch.device) -> None:
             raise InputError(f"{getattr(data, 'path', 'the dataset')}: the valid split has only one class (all {len(labels):,} labels "
                              f"are {labels[0]:g}), so its AUC (train.monitor {tc.monitor!r}) is undefined; "
                              "check the label column and the split")
+
+
+def resolve_backend(cfg: RunConfig, device: torch.device, model: Optional[nn.Module] = None) -> RunConfig:
+    """cfg with model.backend "auto" made concrete for `device` (layers.embedding.auto_backend); with
+    train.init_order "fuxictr", which is checked on the reference backend only, a one-process run keeps
+    the reference backend. A model handed to train() says it itself: "torchrec" when it has fused
+    tables (a sparse optimizer), else "reference"."""
+    tc = cfg.train
+    if cfg.model.backend != "auto":
+        return cfg
+    sharded = tc.nproc > 1 or launched() is not None
+    if model is not None:
+        fused = callable(getattr(model, "sparse_optimizer", None)) and model.sparse_optimizer() is not None
+        backend = "torchrec" if fused else "reference"
+    elif tc.init_order == "fuxictr" and not sharded:
+        backend = "reference"
+    else:
+        backend = auto_backend(cfg.model.name, device, tc.sparse_optimizer, sharded=sharded)
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, backend=backend))
 
 
 def resolve_sparse_optimizer(cfg: RunConfig, device: torch.device) -> RunConfig:
@@ -702,7 +722,7 @@ def train(cfg: RunConfig, data: Any, model: Optional[nn.Module] = None, *, overw
     `overwrite`, or continued from its last.pt with `resume` (cfg: that run's own,
     runfolder.resume_config). See runfolder.py."""
     device = resolve_device(cfg.train.device)
-    cfg = resolve_sparse_optimizer(cfg, device)
+    cfg = resolve_sparse_optimizer(resolve_backend(cfg, device, model), device)
     tc = cfg.train
     _check_config(cfg, data, device)
     if launched():

@@ -46,8 +46,8 @@ def test_the_default_run_folder_names_a_set_loss():
     assert cfg.resolved_out_dir().name == "synthetic_criteo_DeepFM_reference_fused_focal_seed2023"
     loaded = load_config(None, ["model.name=TF4CTR-DeepFM"])
     assert loaded.model.loss == "twin_focus"
-    # backend "auto" is named as resolved: the plug-in presets are not at parity on the engine
-    assert loaded.resolved_out_dir().name == "synthetic_criteo_TF4CTR-DeepFM_reference_fused_seed2023"
+    # backend "auto" is named as resolved: TF4CTR-DeepFM on the CPU trains on torchrec
+    assert loaded.resolved_out_dir().name == "synthetic_criteo_TF4CTR-DeepFM_torchrec_fused_seed2023"
 
 
 def test_a_bad_loss_exits_2_naming_the_key(tmp_path, capsys):

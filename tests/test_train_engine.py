@@ -120,10 +120,12 @@ def test_auto_sparse_optimizer_and_lr_resolve_per_device(tmp_path, device, nproc
 @pytest.mark.parametrize("name, device, nproc, keys, want", [
     ("TF4CTR", "cpu", 1, {}, "torchrec"),                     # at parity with sparse adam (docs/results.md)
     ("DNN", "cpu", 1, {"sparse_optimizer": "adam"}, "torchrec"),
+    ("TF4CTR-DeepFM", "cpu", 1, {}, "torchrec"),
     ("TF4CTR", "cpu", 1, {"sparse_optimizer": "rowwise_adagrad"}, "reference"),   # not at parity
     ("TF4CTR", "cuda", 1, {}, "reference"),                   # no sparse adam there
     ("AFN", "cpu", 1, {}, "reference"),                       # not shown at parity
     ("xDeepFM", "cpu", 1, {}, "reference"),
+    ("TF4CTR-DLF", "cpu", 1, {}, "reference"),
     ("DNN", "cpu", 1, {"init_order": "fuxictr"}, "reference"),   # checked on the reference only
     ("AFN", "cpu", 2, {}, "torchrec"),                        # several processes: only torchrec runs
     ("TF4CTR", "cuda", 2, {}, "torchrec"),

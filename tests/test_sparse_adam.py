@@ -184,7 +184,7 @@ def _backend_configs(keys: list[str]) -> dict:
 
 
 @pytest.mark.parametrize("clip", [None, 0.05], ids=["unclipped", "clipped"])
-@pytest.mark.parametrize("name", ["DNN", "TF4CTR", "DeepFM", "DLF", "xDeepFM"])
+@pytest.mark.parametrize("name", ["DNN", "TF4CTR", "DeepFM", "xDeepFM"])
 def test_torchrec_adam_trains_like_the_reference_backend(name, clip):
     """Same start, same batches, an lr change midway: the torchrec backend with sparse optimizer "adam"
     ends where the reference backend's dense Adam with the whole-table L2 ends (rows of the 300-row

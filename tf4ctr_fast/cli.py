@@ -194,7 +194,7 @@ def cmd_train(args) -> dict:
     from .data.columns import load_prepared
     from .data.prepare import ensure_prepared
     from .train.runfolder import check_run, resume_config
-    from .train.trainer import resolve_backend, resolve_device, train
+    from .train.trainer import train
 
     flags = {"train.nproc": args.nproc, "model.head": args.head, "model.backend": args.backend}
     flags = {key: value for key, value in flags.items() if value is not None}
@@ -205,7 +205,6 @@ def cmd_train(args) -> dict:
         cfg = resume_config(Path(args.resume), args.overrides)
     else:
         cfg = load_config(args.config, list(args.overrides) + [f"{key}={value}" for key, value in flags.items()])
-        cfg = resolve_backend(cfg, resolve_device(cfg.train.device))   # before the run folder's name
     out_dir = cfg.resolved_out_dir()
 
     def check_and_prepare() -> Path:

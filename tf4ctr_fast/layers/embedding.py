@@ -52,10 +52,15 @@ def auto_backend(model_name: str, device: Optional[torch.device | str], sparse_o
     torchrec installed) and where only it runs (sharded: several processes); "reference" elsewhere."""
     if sharded:
         return "torchrec"
-    on_cpu = torch.device(device if device is not None else "cpu").type == "cpu"
     installed = all(importlib.util.find_spec(name) is not None for name in ("torchrec", "fbgemm_gpu"))
-    at_parity = model_name in ENGINE_AT_PARITY and on_cpu and sparse_optimizer in ("auto", "adam")
-    return "torchrec" if at_parity and installed else "reference"
+    if model_name not in ENGINE_AT_PARITY or sparse_optimizer not in ("auto", "adam") or not installed:
+        return "reference"
+    # Where sparse adam runs is fused_tables' rule (imported here: it loads torchrec, installed and about
+    # to be used).
+    from ..embedding.fused_tables import adam_unsupported
+
+    on = torch.device(device if device is not None else "cpu")
+    return "reference" if adam_unsupported("adam", on, sharded=False) else "torchrec"
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """The trainer with model.backend "torchrec" in one process: the planted problem end to end, checkpoints
 (weights and the fused optimizer's state), the plateau decay reaching the fused kernels, the split
 between Adam (dense parameters) and the fused tables, and the config checks of the new keys."""
+import logging
 import warnings
 
 import numpy as np
@@ -164,11 +165,13 @@ def test_build_model_resolves_auto_against_its_sparse_optimizer():
     assert afn.sparse_optimizer() is None
 
 
-def test_default_backend_is_logged_checkpointed_and_named_resolved(tmp_path, built):
+def test_default_backend_is_logged_checkpointed_and_named_resolved(tmp_path, built, caplog):
     data, _ = planted_data(rows=(256, 100, 50))
     cfg = make_cfg(tmp_path, epochs=1)
     cfg.model = ModelConfig(embedding_dim=8, mlp_s_hidden=[16], mlp_c_hidden=[16, 16])    # TF4CTR, backend auto
-    train(cfg, data)
+    with caplog.at_level(logging.INFO, logger="tf4ctr_fast"):
+        train(cfg, data)
+    assert "tables: torchrec backend, sparse optimizer adam, sparse_lr " in caplog.text   # the console says so
     [params] = [r for r in read_log(tmp_path / "log.jsonl") if r["event"] == "params"]
     assert params["config"]["model"]["backend"] == "torchrec"
     assert params["config"]["train"]["sparse_optimizer"] == "adam"
@@ -192,11 +195,13 @@ def test_default_sparse_optimizer_is_logged_and_checkpointed_resolved(tmp_path, 
     assert (cfg.train.sparse_optimizer, cfg.train.sparse_lr) == ("adam", 0.01)
 
 
-def test_reference_backend_has_no_sparse_lr(tmp_path):
+def test_reference_backend_has_no_sparse_lr(tmp_path, caplog):
     data, _ = planted_data(rows=(256, 100, 50))
     cfg = engine_cfg(tmp_path, epochs=1)
     cfg.model.backend = "reference"
-    train(cfg, data)
+    with caplog.at_level(logging.INFO, logger="tf4ctr_fast"):
+        train(cfg, data)
+    assert "tables: reference backend (dense Adam over whole tables" in caplog.text
     [epoch] = [r for r in read_log(tmp_path / "log.jsonl") if r["event"] == "epoch"]
     assert epoch["sparse_lr"] is None and epoch["lr"] == pytest.approx(0.01)
     assert "sparse_optimizer_state" not in read_checkpoint(tmp_path / "best.pt")

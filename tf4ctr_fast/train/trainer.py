@@ -246,6 +246,14 @@ def resolve_backend(cfg: RunConfig, device: torch.device, model: Optional[nn.Mod
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, backend=backend))
 
 
+def _tables_description(cfg: RunConfig) -> str:
+    """One console line on how the embedding tables train (model.backend "auto" is resolved by now)."""
+    if cfg.model.backend == "reference":
+        return "reference backend (dense Adam over whole tables, whole-table L2)"
+    return (f"{cfg.model.backend} backend, sparse optimizer {cfg.train.sparse_optimizer}, "
+            f"sparse_lr {cfg.train.sparse_lr}")
+
+
 def resolve_sparse_optimizer(cfg: RunConfig, device: torch.device) -> RunConfig:
     """cfg with train.sparse_optimizer "auto" and train.sparse_lr None made concrete for `device`
     (fused_tables.resolve_sparse); the same cfg for the reference backend, whose tables have no sparse
@@ -917,6 +925,7 @@ def _fit(cfg: RunConfig, data: Any, replica: _Local | _Sharded, device: torch.de
             else:
                 log.write("params", config=cfg.to_dict(), schema_summary=_schema_summary(data, splits),
                           env=environment(device), loaders=loaders, precision=precision)
+            logger.info("tables: %s", _tables_description(cfg))
             logger.info("precision: %s (%s)", precision, precision_why)
             logger.info("loaders: %s", ", ".join(f"{k} {v}" for k, v in loaders.items()))
         last = _LastCheckpoint(last_path, replica, optimizer, train_loader, cfg, data.schema, log, run_start)

@@ -1,5 +1,5 @@
 """How far apart the two backends end after 16 steps from the same weights, against how far the
-reference backend moves from itself when one table is nudged by a relative 1e-7: is a model's
+reference backend moves from itself when its tables are nudged by a relative 1e-7: is a model's
 backend gap the optimizer's, or rounding that the model's own dynamics amplify?
 
     python scripts/backend_divergence.py DLF --emb-reg 0.1 --clip 0.05 --threads 1
@@ -25,8 +25,9 @@ def final_logits(cfg, vocabs, backend: str, nudge: float, clip, batches, x) -> t
     torch.manual_seed(0)
     start = build_model(cfg["reference"], vocabs)
     with torch.no_grad():
-        table = next(p for name, p in start.named_parameters() if "embedding" in name or "tables" in name)
-        table.mul_(1 + nudge)
+        for name, p in start.named_parameters():
+            if "embedding" in name or "tables" in name:
+                p.mul_(1 + nudge)
     model = start
     if backend == "torchrec":
         model = build_model(cfg["torchrec"], vocabs, sparse_optimizer="adam", sparse_lr=1e-3)
@@ -43,7 +44,7 @@ def main() -> None:
     ap.add_argument("--clip", type=float, default=None, help="global-norm threshold (default: no clipping)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("overrides", nargs="*", help="more model keys, e.g. model.params.num_layers=2")
-    args = ap.parse_args()
+    args = ap.parse_intermixed_args()
     torch.set_num_threads(args.threads)
     vocabs = [40, 300, 6]
     cfg = _backend_configs([f"model.name={args.model}", f"model.emb_reg={args.emb_reg}", "model.embedding_dim=8",

@@ -278,9 +278,10 @@ def test_kernels_refuse_a_gradient_of_another_width_or_batch():
                                                    1e-8, 0.0, True)
 
 
-# AFN+ and DLF are the models whose trajectory is set by rounding, with the L2 on and (DLF) clipped: a 1e-7
-# relative nudge of one weight moves the reference backend's own logits after 16 steps by about 0.2,
-# more than the two backends differ (docs/embedding.md "Sparse Adam", scripts/backend_divergence.py).
+# AFN+ and DLF are the models whose trajectory rounding sets even without BatchNorm: with the L2 on
+# (DLF: and clipped) a 1e-7 relative nudge of the tables moves the reference backend's own logits after
+# 16 steps by as much as the two backends differ (docs/embedding.md "Sparse Adam",
+# scripts/backend_divergence.py).
 SENSITIVE = {
     # the logarithmic layer reads log|e|, whose gradient is 1/e at embeddings of about 1e-4
     "AFN": ["model.params.logarithmic_neurons=16", "model.params.afn_hidden_units=[16]",

@@ -39,6 +39,16 @@ def _load_kernels() -> bool:
 # True when the custom ops (namespace torch.ops.tf4ctr_fast) are registered.
 HAS_KERNELS: bool = _load_kernels()
 
+
+
+def cpu_batch_norm_kernel_applies(bn: torch.nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> bool:
+    """A BatchNorm kernel (exp_batch_norm, batch_norm_relu) can stand in for `bn` on `x`: training with
+    batch statistics, affine, running statistics with a momentum (not the cumulative average), on the
+    CPU in float32. Anything else runs the op's reference twin."""
+    return (HAS_KERNELS and bn.training and bn.affine and bn.track_running_stats and bn.momentum is not None
+            and x.device.type == "cpu" and x.dtype == torch.float32 and bn.weight.dtype == torch.float32)
+
+
 from .twin_head import (  # noqa: E402  (needs HAS_KERNELS)
     FUSIONS,
     fused_head_from_modules,

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ..reference import batch_norm_relu as reference
-from . import HAS_KERNELS
+from . import cpu_batch_norm_kernel_applies
 
 
 class _BatchNormReLU(torch.autograd.Function):
@@ -34,10 +34,7 @@ class _BatchNormReLU(torch.autograd.Function):
 
 def batch_norm_relu(x: Tensor, bn: nn.BatchNorm1d) -> Tensor:
     """relu(bn(x)) for x [B, C]; bn's running statistics and batch count advance as nn.BatchNorm1d's do."""
-    fused = (HAS_KERNELS and bn.training and bn.affine and bn.track_running_stats and bn.momentum is not None
-             and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 2 and x.size(0) > 1
-             and bn.weight.dtype == torch.float32)
-    if not fused:
+    if not (cpu_batch_norm_kernel_applies(bn, x) and x.dim() == 2 and x.size(0) > 1):
         return reference.batch_norm_relu(x, bn)
     bn.num_batches_tracked.add_(1)
     return _BatchNormReLU.apply(x.contiguous(), bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.momentum,

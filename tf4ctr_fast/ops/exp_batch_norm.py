@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ..reference import exp_batch_norm as reference
-from . import HAS_KERNELS
+from . import cpu_batch_norm_kernel_applies
 
 
 class _ExpBatchNorm(torch.autograd.Function):
@@ -33,9 +33,7 @@ class _ExpBatchNorm(torch.autograd.Function):
 def exp_batch_norm(z: Tensor, bn: nn.BatchNorm1d) -> Tensor:
     """bn(exp(z)) with the neurons of z [B, d, N] as channels, returned [B, N, d]; bn's running
     statistics and batch count advance as nn.BatchNorm1d's do."""
-    fused = (HAS_KERNELS and bn.training and bn.affine and bn.track_running_stats and bn.momentum is not None
-             and z.device.type == "cpu" and z.dtype == torch.float32)
-    if not fused:
+    if not cpu_batch_norm_kernel_applies(bn, z):
         return reference.exp_batch_norm(z, bn)
     bn.num_batches_tracked.add_(1)
     return _ExpBatchNorm.apply(z, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.momentum, bn.eps)

@@ -37,7 +37,7 @@ How the embeddings are trained depends on model.backend:
   auto (default)       torchrec below, with sparse adam, for the models measured at parity with the
                        reference on CPU in one process (TF4CTR, DNN and most of the zoo:
                        docs/results.md "Sparse adam"; the run's log names the one it took), and for
-                       --nproc > 1; reference everywhere else (CUDA, AFN, xDeepFM, DLF, TF4CTR-DLF,
+                       --nproc > 1; reference everywhere else (CUDA, xDeepFM, DLF, TF4CTR-DLF,
                        train.init_order fuxictr).
   reference            every model; the embedding tables are trained by the same dense Adam as the
                        rest of the network, over whole tables, and the L2 regularizer (model.emb_reg)

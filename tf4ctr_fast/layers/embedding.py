@@ -36,12 +36,12 @@ BACKENDS = ("reference", "torchrec")
 
 # The models whose torchrec backend, with the sparse optimizer "adam", measured at parity with the
 # reference backend on Frappe (test AUC at least the reference's minus 0.0005, logloss at most its plus
-# 0.005; docs/results.md "Sparse adam": TF4CTR and DNN over three seeds, the others at one seed;
-# TF4CTR-WideDeep as the paper's Table VIII runs it, ssem share).
-# Not (yet): xDeepFM (0.0007 / +0.0075 at its seed), AFN+ (0.0022 below at its seed), DLF (0.0009 below
-# at its seed), TF4CTR-DLF (not run on the engine).
+# 0.005; docs/results.md "Sparse adam": TF4CTR and DNN over three seeds, AFN+ over two, the others at
+# one seed; TF4CTR-WideDeep as the paper's Table VIII runs it, ssem share).
+# Not (yet): xDeepFM (below over its seeds: docs/results.md), DLF (0.0009 below at its seed), TF4CTR-DLF
+# (not run on the engine).
 ENGINE_AT_PARITY = frozenset({"TF4CTR", "DNN", "LR", "FM", "WideDeep", "DeepFM", "DCN", "DCNv2", "AutoInt",
-                              "EDCN", "EulerNet", "FinalMLP", "DualMLP",
+                              "EDCN", "EulerNet", "FinalMLP", "DualMLP", "AFN",
                               "TF4CTR-DeepFM", "TF4CTR-xDeepFM", "TF4CTR-WideDeep"})
 
 

@@ -17,21 +17,29 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_sparse_adam import _backend_configs, _batches, _train_steps  # noqa: E402
 
+from tf4ctr_fast.layers.embedding import FieldTables  # noqa: E402
 from tf4ctr_fast.models import build_model  # noqa: E402
 from tf4ctr_fast.models.state_dicts import copy_weights  # noqa: E402
 
 
-def final_logits(cfg, vocabs, backend: str, nudge: float, clip, batches, x) -> torch.Tensor:
-    torch.manual_seed(0)
+def start_model(cfg: dict, vocabs: list[int], backend: str, nudge: float, seed: int, lr: float) -> torch.nn.Module:
+    """cfg["reference"]'s model drawn from `seed`, every table scaled by 1 + nudge, on `backend` (the
+    torchrec one with sparse adam at `lr`, from the same weights)."""
+    torch.manual_seed(seed)
     start = build_model(cfg["reference"], vocabs)
     with torch.no_grad():
-        for name, p in start.named_parameters():
-            if "embedding" in name or "tables" in name:
-                p.mul_(1 + nudge)
-    model = start
-    if backend == "torchrec":
-        model = build_model(cfg["torchrec"], vocabs, sparse_optimizer="adam", sparse_lr=1e-3)
-        copy_weights(start, model)
+        for tables in (m for m in start.modules() if isinstance(m, FieldTables)):
+            for weight in tables.field_weights().values():
+                weight.mul_(1 + nudge)
+    if backend == "reference":
+        return start
+    engine = build_model(cfg["torchrec"], vocabs, sparse_optimizer="adam", sparse_lr=lr)
+    copy_weights(start, engine)
+    return engine
+
+
+def final_logits(cfg, vocabs, backend: str, nudge: float, clip, batches, x) -> torch.Tensor:
+    model = start_model(cfg, vocabs, backend, nudge, seed=0, lr=1e-3)
     _train_steps(model, torch.optim.Adam(model.dense_parameters(), lr=1e-3), batches, 8, 3e-4, clip)
     model.eval()
     return model(x)["logit"].detach()

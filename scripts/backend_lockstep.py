@@ -18,13 +18,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from backend_divergence import start_model  # noqa: E402  (scripts/, this file's folder)
 from test_sparse_adam import _train_steps  # noqa: E402
 
 from tf4ctr_fast.config import load_config  # noqa: E402
 from tf4ctr_fast.data.columns import load_prepared  # noqa: E402
 from tf4ctr_fast.data.prepare import ensure_prepared  # noqa: E402
-from tf4ctr_fast.models import build_model  # noqa: E402
-from tf4ctr_fast.models.state_dicts import copy_weights  # noqa: E402
 from tf4ctr_fast.train.metrics import auc  # noqa: E402
 
 RUNS = (("reference", 0.0), ("reference", 1e-7), ("torchrec", 0.0))
@@ -38,25 +37,13 @@ def main() -> None:
     args = ap.parse_intermixed_args()
     torch.set_num_threads(1)
     cfgs = {b: load_config(args.config, [*args.overrides, f"model.backend={b}"]) for b in ("reference", "torchrec")}
+    models_cfg = {b: c.model for b, c in cfgs.items()}
     tc = cfgs["reference"].train
     data = load_prepared(ensure_prepared(cfgs["reference"].dataset))
     train, valid = data.split("train"), data.split("valid")
     x_valid = torch.from_numpy(valid.ids.astype(np.int64))
 
-    def build(backend: str, nudge: float) -> torch.nn.Module:
-        torch.manual_seed(tc.seed)
-        start = build_model(cfgs["reference"].model, data.vocab_sizes)
-        with torch.no_grad():
-            for name, p in start.named_parameters():
-                if "embedding" in name or "tables" in name:
-                    p.mul_(1 + nudge)
-        if backend == "reference":
-            return start
-        engine = build_model(cfgs["torchrec"].model, data.vocab_sizes, sparse_optimizer="adam", sparse_lr=tc.lr)
-        copy_weights(start, engine)
-        return engine
-
-    models = {run: build(*run) for run in RUNS}
+    models = {run: start_model(models_cfg, data.vocab_sizes, *run, seed=tc.seed, lr=tc.lr) for run in RUNS}
     optimizers = {run: torch.optim.Adam(m.dense_parameters(), lr=tc.lr) for run, m in models.items()}
     for epoch in range(1, args.epochs + 1):
         order = np.random.default_rng(tc.seed + epoch).permutation(train.num_rows)

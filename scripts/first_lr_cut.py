@@ -9,14 +9,15 @@ reference's optimizer; row-wise Adagrad trains another objective). A run's first
 epoch whose record shows an lr below epoch 1's (the cut decided at the end of the epoch before)."""
 import argparse
 import collections
-import json
 from pathlib import Path
+
+from tf4ctr_fast.train.runlog import read_log
 
 
 def first_cuts(root: Path) -> dict[tuple[str, str], list[int | None]]:
     cuts: dict[tuple[str, str], list[int | None]] = collections.defaultdict(list)
     for log in sorted(root.rglob("log.jsonl")):
-        records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        records = read_log(log)
         params = next((r for r in records if r.get("event") == "params"), None)
         epochs = [r for r in records if r.get("event") == "epoch"]
         if params is None or len(epochs) < 3:

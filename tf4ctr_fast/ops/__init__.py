@@ -40,7 +40,6 @@ def _load_kernels() -> bool:
 HAS_KERNELS: bool = _load_kernels()
 
 
-
 def cpu_batch_norm_kernel_applies(bn: torch.nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> bool:
     """A BatchNorm kernel (exp_batch_norm, batch_norm_relu) can stand in for `bn` on `x`: training with
     batch statistics, affine, running statistics with a momentum (not the cumulative average), on the
